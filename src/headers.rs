@@ -1,0 +1,316 @@
+//! Every header edit tether makes, in both directions.
+//!
+//! Request: hop-by-hop headers go (RFC 9110 section 7.6.1, plus whatever the
+//! client lists in `Connection`), X-Forwarded-* are set, any client-supplied
+//! `Tether-Session-State` is replaced, tether's cookie is removed when asked.
+//! Response: hop-by-hop headers go, `Tether-Session-Control` is taken out and
+//! returned to the caller, tether's Set-Cookie is added beside the app's.
+
+use std::net::IpAddr;
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, SET_COOKIE, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use http::{request, response, StatusCode, Uri, Version};
+
+use crate::session::cookie::strip_cookie;
+use crate::session::{Control, SessionState};
+
+/// `Tether-Session-State`, sent to the backend.
+pub static SESSION_STATE: HeaderName = HeaderName::from_static("tether-session-state");
+/// `Tether-Session-Control`, read from (and removed from) the backend's response.
+pub static SESSION_CONTROL: HeaderName = HeaderName::from_static("tether-session-control");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// Is this an HTTP/1.1 `Upgrade` request (WebSocket and friends)?
+pub fn is_upgrade_request(parts: &request::Parts) -> bool {
+    upgrade_asked(parts.version, &parts.headers)
+}
+
+/// [`is_upgrade_request`] on a whole request.
+pub fn wants_upgrade<B>(req: &http::Request<B>) -> bool {
+    upgrade_asked(req.version(), req.headers())
+}
+
+fn upgrade_asked(version: Version, h: &HeaderMap) -> bool {
+    version == Version::HTTP_11 && h.contains_key(UPGRADE) && connection_has(h, "upgrade")
+}
+
+fn connection_has(h: &HeaderMap, token: &str) -> bool {
+    h.get_all(CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Removes hop-by-hop headers. With `keep_upgrade`, `Upgrade` and
+/// `Connection: upgrade` survive so the peer can switch protocols.
+pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    if h.contains_key(CONNECTION) {
+        let listed: Vec<HeaderName> = h
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            if keep_upgrade && name == UPGRADE {
+                continue;
+            }
+            h.remove(&name);
+        }
+        h.remove(CONNECTION);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(TE);
+    h.remove(TRAILER);
+    h.remove(TRANSFER_ENCODING);
+    if keep_upgrade {
+        h.insert(CONNECTION, UPGRADE_TOKEN.clone());
+    } else {
+        h.remove(UPGRADE);
+    }
+}
+
+/// Size of a request head as the client sent it (start line + fields), for
+/// `limits.max_header_bytes`.
+pub fn head_size_of<B>(req: &http::Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 11;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// Rewrites a client request head into what the backend receives (once per
+/// request; the session state is set per attempt with [`set_session_state`]).
+/// Returns whether the request is an upgrade.
+pub fn to_upstream(
+    parts: &mut request::Parts,
+    client_ip: IpAddr,
+    tls: bool,
+    strip: Option<&str>,
+) -> bool {
+    let upgrade = is_upgrade_request(parts);
+    let h = &mut parts.headers;
+    remove_hop_by_hop(h, upgrade);
+
+    // The forwarded host is what the client asked for: Host in HTTP/1, :authority in HTTP/2.
+    let host = h.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if let Some(host) = host {
+        if !h.contains_key(HOST) {
+            h.insert(HOST, host.clone());
+        }
+        h.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        if tls { HTTPS.clone() } else { HTTP.clone() },
+    );
+    append_forwarded_for(h, client_ip);
+
+    if let Some(name) = strip {
+        strip_request_cookie(h, name);
+    }
+
+    // Backends speak HTTP/1.1 and want origin-form targets.
+    parts.version = Version::HTTP_11;
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        if let Ok(u) = Uri::try_from(pq) {
+            parts.uri = u;
+        }
+    }
+    upgrade
+}
+
+fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
+    let ip = ip.to_canonical().to_string();
+    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        // Several X-Forwarded-For fields fold into one list.
+        h.remove(&X_FORWARDED_FOR);
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+fn strip_request_cookie(h: &mut HeaderMap, name: &str) {
+    if !h.contains_key(COOKIE) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = h
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| strip_cookie(v, name))
+        .collect();
+    h.remove(COOKIE);
+    for v in kept {
+        h.append(COOKIE, v);
+    }
+}
+
+/// Sets `Tether-Session-State`, replacing anything the client sent.
+#[inline]
+pub fn set_session_state(h: &mut HeaderMap, state: SessionState) {
+    h.insert(SESSION_STATE.clone(), state.header_value());
+}
+
+/// Rewrites a backend response head for the client; returns the backend's
+/// `Tether-Session-Control`, which never reaches the client.
+pub fn to_client(parts: &mut response::Parts) -> Option<Control> {
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    remove_hop_by_hop(&mut parts.headers, switching);
+    let control = parts.headers.get(&SESSION_CONTROL).and_then(Control::parse);
+    parts.headers.remove(&SESSION_CONTROL);
+    control
+}
+
+/// Adds tether's Set-Cookie beside the app's own.
+#[inline]
+pub fn add_set_cookie(h: &mut HeaderMap, v: HeaderValue) {
+    h.append(SET_COOKIE, v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(req: Request<()>) -> request::Parts {
+        req.into_parts().0
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_removed() {
+        let mut p = parts(
+            Request::get("/x")
+                .header("connection", "keep-alive, x-secret")
+                .header("keep-alive", "timeout=5")
+                .header("x-secret", "1")
+                .header("te", "trailers")
+                .header("proxy-connection", "close")
+                .header("upgrade", "h2c")
+                .header("x-kept", "yes")
+                .header("host", "example.com")
+                .body(())
+                .unwrap(),
+        );
+        to_upstream(&mut p, "10.0.0.1".parse().unwrap(), false, None);
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-secret",
+            "te",
+            "proxy-connection",
+            "upgrade",
+        ] {
+            assert!(!p.headers.contains_key(gone), "{gone} should be gone");
+        }
+        assert_eq!(p.headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut p = parts(
+            Request::get("/x")
+                .header("host", "shop.example")
+                .header("x-forwarded-for", "1.2.3.4")
+                .body(())
+                .unwrap(),
+        );
+        to_upstream(&mut p, "10.0.0.9".parse().unwrap(), true, None);
+        assert_eq!(p.headers["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(p.headers["x-forwarded-proto"], "https");
+        assert_eq!(p.headers["x-forwarded-host"], "shop.example");
+    }
+
+    #[test]
+    fn h2_authority_becomes_host_and_origin_form() {
+        let mut p = parts(
+            Request::get("https://shop.example:8443/a?b=1")
+                .version(Version::HTTP_2)
+                .body(())
+                .unwrap(),
+        );
+        to_upstream(&mut p, "::1".parse().unwrap(), true, None);
+        assert_eq!(p.headers[HOST], "shop.example:8443");
+        assert_eq!(p.uri, "/a?b=1");
+        assert_eq!(p.version, Version::HTTP_11);
+    }
+
+    #[test]
+    fn upgrade_survives_for_websocket() {
+        let mut p = parts(
+            Request::get("/ws")
+                .header("connection", "Upgrade")
+                .header("upgrade", "websocket")
+                .body(())
+                .unwrap(),
+        );
+        assert!(to_upstream(
+            &mut p,
+            "10.0.0.1".parse().unwrap(),
+            false,
+            None
+        ));
+        assert_eq!(p.headers[UPGRADE], "websocket");
+        assert_eq!(p.headers[CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn own_cookie_is_stripped_others_kept() {
+        let mut p = parts(
+            Request::get("/")
+                .header("cookie", "a=1; tether_sid=zzz; b=2")
+                .header("cookie", "tether_sid=yyy")
+                .body(())
+                .unwrap(),
+        );
+        to_upstream(
+            &mut p,
+            "10.0.0.1".parse().unwrap(),
+            false,
+            Some("tether_sid"),
+        );
+        let all: Vec<_> = p.headers.get_all(COOKIE).iter().collect();
+        assert_eq!(all, vec!["a=1; b=2"]);
+    }
+
+    #[test]
+    fn control_is_taken_out_of_the_response() {
+        let (mut p, _) = http::Response::builder()
+            .header("tether-session-control", "end")
+            .header("connection", "close")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(to_client(&mut p), Some(Control::End));
+        assert!(!p.headers.contains_key("tether-session-control"));
+        assert!(!p.headers.contains_key("connection"));
+    }
+}

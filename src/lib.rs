@@ -1,0 +1,41 @@
+//! tether: a sticky-session reverse proxy.
+//!
+//! It terminates TLS, speaks HTTP/1.1 and HTTP/2 to clients, and pins every
+//! session to one backend with consistent hashing until the session idles out,
+//! reaches its absolute lifetime, is ended by the app, or its backend goes away.
+//!
+//! ```text
+//! request path: one way; service.rs hands each stage's output to the next
+//!
+//! main.rs → server.rs → listener.rs → tls.rs → service.rs ─┬─▶ session/source+cookie  request → affinity key, verified pin
+//!                                                           ├─▶ store/                 key → record (or "unavailable")
+//!                                                           ├─▶ session/               (key, pin, record, now) → standing
+//!                                                           ├─▶ balancer/              standing → backend (ring, bounded load)
+//!                                                           ├─▶ headers.rs             request edits
+//!                                                           ├─▶ upstream.rs            backend → response (one safe retry)
+//!                                                           ├─▶ store/                 write what the decision and control say
+//!                                                           └─▶ headers.rs             response edits, Set-Cookie → client
+//!
+//! control plane: writes shared state; nothing on the request path calls it
+//!
+//! server.rs ──spawns──▶ listeners, store reaper
+//! server.rs ──swaps───▶ snapshot.rs ◀── read by service.rs, listener.rs, balancer/
+//! ```
+
+pub mod backends;
+pub mod balancer;
+pub mod body;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod headers;
+pub mod listener;
+pub mod log;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod snapshot;
+pub mod store;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,101 @@
+//! The `tether` command line: parse, load, log, run; exit 2 on a bad config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tether", version, about = "A sticky-session reverse proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy until SIGTERM/SIGINT.
+    Run {
+        /// The TOML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print the effective configuration.
+    Check {
+        /// The TOML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Start three demo backends and a proxy on https://localhost:8443.
+    Demo,
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match tether::config::load(&config) {
+            Ok(c) => {
+                print!("{}", c.effective_toml());
+                eprintln!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let c = match tether::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            tether::log::init(c.log.format == tether::config::LogFormat::Json);
+            let rt = match runtime(c.runtime.worker_threads) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("tether: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(tether::server::run(c, tether::server::terminate_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e @ tether::server::StartError::Tls(_)) => {
+                    eprintln!("{}: {e}", config.display());
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("tether: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo => {
+            tether::log::init(false);
+            let rt = match runtime(0) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("tether: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(tether::demo::run(tether::server::terminate_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tether demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

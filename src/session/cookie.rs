@@ -1,0 +1,773 @@
+//! Seals a session's claims (id, pinned backend, times, client binding) into tether's cookie
+//! value and opens them again, and writes and reads the `Set-Cookie` / `Cookie` headers that
+//! carry it. Judging the claims (timeouts, binding, backend eligibility) is left to `session/`.
+//!
+//! # Wire format, version 1
+//!
+//! All integers little-endian; the whole thing is base64url without padding (87 characters).
+//!
+//! | offset | bytes | field |
+//! |---|---|---|
+//! | 0 | 1 | version, `1` |
+//! | 1 | 16 | session id |
+//! | 17 | 8 | [`backend_tag`] of the pinned backend |
+//! | 25 | 8 | `issued_ms` |
+//! | 33 | 8 | `seen_ms` |
+//! | 41 | 8 | `binding` |
+//! | 49 | 16 | HMAC-SHA256 over bytes 0..49, truncated to 128 bits |
+//!
+//! The cookie carries everything an instance needs to route and judge the session without a
+//! store (SPEC §3, §7), and nothing that reveals an address: the backend travels as a hash of its
+//! name. It is signed, not encrypted: the id, times and tag are readable by the client, which
+//! already holds the id.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use http::HeaderValue;
+use rand::rngs::OsRng;
+use rand::TryRngCore as _;
+use ring::hmac;
+
+/// Version byte at the front of every cookie this module writes.
+const VERSION: u8 = 1;
+/// Bytes covered by the MAC: version, id, backend, issued, seen, binding.
+const PAYLOAD_LEN: usize = 1 + 16 + 8 + 8 + 8 + 8;
+/// HMAC-SHA256 truncated to 128 bits: RFC 2104 §5 advises keeping at least half the output,
+/// and 2^-128 forgery odds per try are far beyond what an online attacker can spend.
+const TAG_LEN: usize = 16;
+const RAW_LEN: usize = PAYLOAD_LEN + TAG_LEN;
+/// base64 without padding: 4 characters per 3 bytes, plus 3 for the final 2 bytes.
+const ENCODED_LEN: usize = RAW_LEN / 3 * 4 + [0, 2, 3][RAW_LEN % 3];
+
+/// Label for deriving the cookie MAC key from an operator's secret, so that another use of the
+/// same secret (the client-binding digest, say) can never produce a value this codec accepts.
+const KEY_LABEL: &[u8] = b"tether session cookie v1";
+
+/// 128-bit session id from the OS CSPRNG.
+///
+/// It is a bearer credential (SPEC §9): whoever holds it is the user. `Debug` therefore prints
+/// `SessionId(<redacted>)`, never the value, so ids cannot leak through logs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub [u8; 16]);
+
+impl SessionId {
+    /// A fresh id from the operating system's CSPRNG (SPEC §3: at least 128 bits).
+    ///
+    /// # Panics
+    ///
+    /// If the OS random source fails. Minting a guessable id instead would hand out other
+    /// users' sessions, so there is no fallback.
+    pub fn random() -> SessionId {
+        let mut bytes = [0u8; 16];
+        if let Err(e) = OsRng.try_fill_bytes(&mut bytes) {
+            panic!("the OS CSPRNG failed ({e}); refusing to mint a guessable session id");
+        }
+        SessionId(bytes)
+    }
+
+    /// The id as one number (little-endian), e.g. to derive a ring key or a shard.
+    pub fn as_u128(&self) -> u128 {
+        u128::from_le_bytes(self.0)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionId(<redacted>)")
+    }
+}
+
+/// What the cookie carries: everything any instance sharing the secret needs to route and judge
+/// the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claims {
+    /// The session id.
+    pub id: SessionId,
+    /// [`backend_tag`] of the pinned backend's name. Names, never addresses or list positions:
+    /// the cookie must not reveal an address, and positions shift when the list is edited.
+    pub backend: u64,
+    /// Unix milliseconds when the session began (judges the absolute timeout).
+    pub issued_ms: u64,
+    /// Unix milliseconds of the last refresh of this cookie (judges the idle timeout when no
+    /// store knows the session, so its granularity is how often the cookie is re-issued).
+    pub seen_ms: u64,
+    /// Client-traits digest (`bind_to`), `0` = unbound.
+    pub binding: u64,
+}
+
+/// The tag a backend is known by inside cookies: FNV-1a 64 of its name's UTF-8 bytes.
+///
+/// Every tether instance, today's and next year's, must map a name to the same tag, or a cookie
+/// minted by one instance (or before a restart or an upgrade) would lose its backend on another.
+/// So the algorithm and its constants are written out here rather than taken from std's
+/// `DefaultHasher`, which is randomly keyed per process and whose algorithm may change between
+/// Rust releases. No key is needed: the MAC, not the tag, stops forgery. 64 bits keep accidental
+/// collisions between a pool's names negligible (about n²/2^65), though the config check should
+/// still refuse two names with one tag.
+pub fn backend_tag(name: &str) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    name.bytes().fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+/// Seals [`Claims`] into a cookie value and opens them again.
+///
+/// Signs under the current secret; verifies under the current one and then each previous one,
+/// so secrets rotate without logging anyone out (SPEC §2 `previous_secret_files`). HMAC keys
+/// are prepared once here, not per request.
+pub struct CookieCodec {
+    current: hmac::Key,
+    previous: Vec<hmac::Key>,
+}
+
+impl CookieCodec {
+    /// A codec that signs with `current` and also accepts cookies signed with any of `previous`.
+    ///
+    /// Secrets are taken as given: the config check decides what is long enough.
+    pub fn new(current: &[u8], previous: &[Vec<u8>]) -> Self {
+        CookieCodec {
+            current: derive_key(current),
+            previous: previous.iter().map(|s| derive_key(s)).collect(),
+        }
+    }
+
+    /// The cookie value for `c`, signed under the current secret.
+    pub fn encode(&self, c: &Claims) -> String {
+        let mut raw = [0u8; RAW_LEN];
+        raw[0] = VERSION;
+        raw[1..17].copy_from_slice(&c.id.0);
+        raw[17..25].copy_from_slice(&c.backend.to_le_bytes());
+        raw[25..33].copy_from_slice(&c.issued_ms.to_le_bytes());
+        raw[33..41].copy_from_slice(&c.seen_ms.to_le_bytes());
+        raw[41..49].copy_from_slice(&c.binding.to_le_bytes());
+        let tag = hmac::sign(&self.current, &raw[..PAYLOAD_LEN]);
+        raw[PAYLOAD_LEN..].copy_from_slice(&tag.as_ref()[..TAG_LEN]);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The claims in `value`, or `None` if tether (under the current or a previous secret) did
+    /// not issue it: bad base64, wrong length, unknown version, or a MAC that matches no key.
+    /// The caller cannot tell these apart, and does not need to: all of them mean `new`.
+    pub fn decode(&self, value: &str) -> Option<Claims> {
+        if value.len() != ENCODED_LEN {
+            return None;
+        }
+        // decode_slice wants room for its estimate (a multiple of 3), not only the exact length.
+        let mut buf = [0u8; RAW_LEN + 3];
+        // The engine rejects non-zero trailing bits in the last character, so each cookie has
+        // exactly one spelling and no character can change without the bytes changing.
+        let n = URL_SAFE_NO_PAD.decode_slice(value, &mut buf).ok()?;
+        if n != RAW_LEN {
+            return None;
+        }
+        let (payload, tag) = buf[..RAW_LEN].split_at(PAYLOAD_LEN);
+        if payload[0] != VERSION {
+            return None;
+        }
+        let genuine = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .any(|key| constant_time_eq(&hmac::sign(key, payload).as_ref()[..TAG_LEN], tag));
+        if !genuine {
+            return None;
+        }
+        Some(Claims {
+            id: SessionId(payload[1..17].try_into().ok()?),
+            backend: u64::from_le_bytes(payload[17..25].try_into().ok()?),
+            issued_ms: u64::from_le_bytes(payload[25..33].try_into().ok()?),
+            seen_ms: u64::from_le_bytes(payload[33..41].try_into().ok()?),
+            binding: u64::from_le_bytes(payload[41..49].try_into().ok()?),
+        })
+    }
+}
+
+impl fmt::Debug for CookieCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CookieCodec")
+            .field("previous_keys", &self.previous.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The MAC key for cookies: HMAC-SHA256(secret, label), so the raw secret keys nothing directly.
+fn derive_key(secret: &[u8]) -> hmac::Key {
+    let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), KEY_LABEL);
+    hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+}
+
+/// Compares two tags in time independent of where they differ, so response timing cannot guide
+/// a forger byte by byte. ring's `constant_time` module would do, but ring 0.17 deprecates it
+/// ("will be removed"); this fold is the same idea, with `black_box` keeping the optimiser from
+/// turning it back into an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The cookie's `SameSite` attribute (SPEC §2 `same_site`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    /// `SameSite=Lax`: sent on top-level navigations from other sites.
+    Lax,
+    /// `SameSite=Strict`: never sent on cross-site requests.
+    Strict,
+    /// `SameSite=None`: sent everywhere. Browsers drop such a cookie unless it is also `Secure`;
+    /// the config check should refuse `none` without Secure.
+    None,
+}
+
+/// How tether's cookie is named and scoped (SPEC §2 `[session]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieAttrs {
+    /// Cookie name, e.g. `tether_sid` or `__Host-tether`.
+    pub name: String,
+    /// `Path` attribute.
+    pub path: String,
+    /// `Domain` attribute; `None` = host-only cookie.
+    pub domain: Option<String>,
+    /// `SameSite` attribute.
+    pub same_site: SameSite,
+    /// Whether to add `Secure` (already resolved from `secure = "auto"` for the listener).
+    pub secure: bool,
+    /// Whether to add `HttpOnly`.
+    pub http_only: bool,
+}
+
+impl CookieAttrs {
+    /// Checks that the attributes can be written into a `Set-Cookie` header as they are: the
+    /// name is an RFC 9110 token, and path and domain are visible ASCII without `;` (RFC 6265
+    /// §4.1.1 `av-octet`). The cookie crate writes them verbatim, so a `;` in a path would
+    /// smuggle in attributes of its own. Call this when the config is checked.
+    ///
+    /// # Errors
+    ///
+    /// Names the first offending attribute. Prefix rules (`__Host-`, `__Secure-`) depend on the
+    /// listeners and are the config check's job.
+    pub fn check(&self) -> Result<(), InvalidCookieAttr> {
+        if self.name.is_empty() || !self.name.bytes().all(is_tchar) {
+            return Err(InvalidCookieAttr {
+                attribute: "name",
+                expected: "a token: letters, digits and !#$%&'*+-.^_`|~",
+            });
+        }
+        if self.path.is_empty() || !self.path.bytes().all(is_av_octet) {
+            return Err(InvalidCookieAttr {
+                attribute: "path",
+                expected: "visible ASCII without ';'",
+            });
+        }
+        if let Some(domain) = &self.domain {
+            if domain.is_empty() || !domain.bytes().all(is_av_octet) {
+                return Err(InvalidCookieAttr {
+                    attribute: "domain",
+                    expected: "visible ASCII without ';' (IDNs in punycode)",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `Set-Cookie` for a session cookie holding `value`: no `Max-Age` or `Expires`, so the
+    /// browser forgets it when it closes; tether's own timeouts end the session otherwise.
+    ///
+    /// # Panics
+    ///
+    /// If the attributes fail [`CookieAttrs::check`] or `value` is not a cookie value such as
+    /// [`CookieCodec::encode`] returns: both are checked or produced before a request arrives.
+    pub fn set_cookie(&self, value: &str) -> HeaderValue {
+        let cookie = self.build(value).build();
+        header_value(&cookie.to_string())
+    }
+
+    /// `Set-Cookie` that removes the cookie (SPEC §3 `end`): empty value, `Max-Age=0`, and the
+    /// same name, path and domain, since browsers only replace a cookie with matching scope.
+    ///
+    /// # Panics
+    ///
+    /// If the attributes fail [`CookieAttrs::check`].
+    pub fn clear_cookie(&self) -> HeaderValue {
+        let cookie = self.build("").max_age(cookie::time::Duration::ZERO).build();
+        header_value(&cookie.to_string())
+    }
+
+    fn build<'c>(&'c self, value: &'c str) -> cookie::CookieBuilder<'c> {
+        let same_site = match self.same_site {
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::Strict => cookie::SameSite::Strict,
+            SameSite::None => cookie::SameSite::None,
+        };
+        // `secure` is always set explicitly: left unset, the cookie crate would add `Secure`
+        // to `SameSite=None` on its own, and tether writes what the config says.
+        let builder = cookie::Cookie::build((self.name.as_str(), value))
+            .path(self.path.as_str())
+            .same_site(same_site)
+            .secure(self.secure)
+            .http_only(self.http_only);
+        match &self.domain {
+            Some(domain) => builder.domain(domain.as_str()),
+            None => builder,
+        }
+    }
+}
+
+fn header_value(line: &str) -> HeaderValue {
+    match HeaderValue::from_str(line) {
+        Ok(value) => value,
+        Err(_) => panic!(
+            "Set-Cookie line has bytes a header cannot carry; \
+             CookieAttrs::check must run on the config and values must come from CookieCodec"
+        ),
+    }
+}
+
+/// Why [`CookieAttrs::check`] refused the attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidCookieAttr {
+    /// `name`, `path` or `domain`.
+    pub attribute: &'static str,
+    /// What the attribute may contain.
+    pub expected: &'static str,
+}
+
+impl fmt::Display for InvalidCookieAttr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid cookie {}: expected {}",
+            self.attribute, self.expected
+        )
+    }
+}
+
+impl std::error::Error for InvalidCookieAttr {}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// RFC 6265 §4.1.1 `av-octet` minus the space, which no path or domain needs.
+fn is_av_octet(b: u8) -> bool {
+    b.is_ascii_graphic() && b != b';'
+}
+
+/// Finds the value of cookie `name` in the request's Cookie header values (there may be several
+/// headers, h2 splits them); first match wins.
+///
+/// Pairs are split on `;` and trimmed of spaces and tabs around the name and the value, as
+/// browsers send them (RFC 6265 §4.2.1, §5.4). The value is returned raw, quotes included. A
+/// first match whose value is not UTF-8 yields `None`: it cannot be a tether cookie.
+pub fn find_cookie<'a>(
+    cookie_headers: impl Iterator<Item = &'a HeaderValue>,
+    name: &str,
+) -> Option<&'a str> {
+    cookie_headers
+        .flat_map(|header| pairs(header.as_bytes()))
+        .find_map(|pair| match split_pair(pair) {
+            (n, Some(value)) if n == name.as_bytes() => Some(value),
+            _ => None,
+        })
+        .and_then(|value| std::str::from_utf8(value).ok())
+}
+
+/// Returns the Cookie header value with cookie `name` removed (all occurrences), or `None` if
+/// nothing is left.
+///
+/// The header comes back unchanged when it holds no such cookie. Otherwise the remaining pairs
+/// keep their order and text and are joined with `"; "`, the separator of RFC 6265 §4.2.1.
+pub fn strip_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
+    let is_ours = |pair: &[u8]| split_pair(pair).0 == name.as_bytes();
+    if !pairs(value.as_bytes()).any(is_ours) {
+        return Some(value.clone());
+    }
+    let mut out = Vec::with_capacity(value.len());
+    for pair in pairs(value.as_bytes()).filter(|p| !is_ours(p)) {
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(pair);
+    }
+    if out.is_empty() {
+        return None;
+    }
+    // Every byte came from a valid header value, so this cannot fail. Were it to, dropping the
+    // header errs on the side of not forwarding the credential upstream.
+    HeaderValue::from_bytes(&out).ok()
+}
+
+/// The non-empty `;`-separated pairs of a Cookie header, trimmed.
+fn pairs(header: &[u8]) -> impl Iterator<Item = &[u8]> {
+    header
+        .split(|&b| b == b';')
+        .map(trim_ows)
+        .filter(|pair| !pair.is_empty())
+}
+
+/// `(name, value)` of a trimmed pair; a pair without `=` has no value and matches no name.
+fn split_pair(pair: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match pair.iter().position(|&b| b == b'=') {
+        Some(eq) => (trim_ows(&pair[..eq]), Some(trim_ows(&pair[eq + 1..]))),
+        None => (pair, None),
+    }
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    fn claims() -> Claims {
+        Claims {
+            id: SessionId([7; 16]),
+            backend: backend_tag("app1"),
+            issued_ms: 1_700_000_000_000,
+            seen_ms: 1_700_000_123_456,
+            binding: 0xdead_beef_0bad_cafe,
+        }
+    }
+
+    fn codec(secret: &[u8]) -> CookieCodec {
+        CookieCodec::new(secret, &[])
+    }
+
+    fn attrs() -> CookieAttrs {
+        CookieAttrs {
+            name: "tether_sid".into(),
+            path: "/".into(),
+            domain: None,
+            same_site: SameSite::Lax,
+            secure: true,
+            http_only: true,
+        }
+    }
+
+    fn hv(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let codec = codec(b"secret A");
+        let mut c = claims();
+        c.id = SessionId::random();
+        let value = codec.encode(&c);
+        assert_eq!(value.len(), ENCODED_LEN);
+        assert!(value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(codec.decode(&value), Some(c));
+    }
+
+    #[test]
+    fn round_trip_extremes() {
+        let codec = codec(b"secret A");
+        for fill in [0u64, u64::MAX] {
+            let c = Claims {
+                id: SessionId([fill as u8; 16]),
+                backend: fill,
+                issued_ms: fill,
+                seen_ms: fill,
+                binding: fill,
+            };
+            assert_eq!(codec.decode(&codec.encode(&c)), Some(c));
+        }
+    }
+
+    #[test]
+    fn every_single_character_change_is_rejected() {
+        let codec = codec(b"secret A");
+        let value = codec.encode(&claims());
+        for pos in 0..value.len() {
+            for &replacement in BASE64URL {
+                if replacement == value.as_bytes()[pos] {
+                    continue;
+                }
+                let mut tampered = value.clone().into_bytes();
+                tampered[pos] = replacement;
+                let tampered = String::from_utf8(tampered).unwrap();
+                assert_eq!(
+                    codec.decode(&tampered),
+                    None,
+                    "position {pos} replaced by {:?} still verified",
+                    replacement as char
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_empty_and_extended_are_rejected() {
+        let codec = codec(b"secret A");
+        let value = codec.encode(&claims());
+        for len in 0..value.len() {
+            assert_eq!(codec.decode(&value[..len]), None, "truncated to {len}");
+        }
+        assert_eq!(codec.decode(""), None);
+        assert_eq!(codec.decode(&format!("{value}A")), None);
+        assert_eq!(codec.decode(&format!("{value}AAAA")), None);
+        assert_eq!(codec.decode(&format!("A{value}")), None);
+        assert_eq!(codec.decode(&format!("{value}=")), None);
+        let not_base64 = format!("{}!", "é".repeat(ENCODED_LEN / 2));
+        assert_eq!(not_base64.len(), ENCODED_LEN);
+        assert_eq!(codec.decode(&not_base64), None);
+    }
+
+    #[test]
+    fn padded_or_standard_alphabet_is_rejected() {
+        let codec = codec(b"secret A");
+        let value = codec.encode(&claims());
+        let standard = value.replace('-', "+").replace('_', "/");
+        if standard != value {
+            assert_eq!(codec.decode(&standard), None);
+        }
+        assert_eq!(
+            codec.decode(&format!("{}=", &value[..ENCODED_LEN - 1])),
+            None
+        );
+    }
+
+    #[test]
+    fn wrong_version_is_rejected_even_with_a_valid_mac() {
+        let codec = codec(b"secret A");
+        let mut raw = URL_SAFE_NO_PAD.decode(codec.encode(&claims())).unwrap();
+        raw[0] = 2;
+        let tag = hmac::sign(&derive_key(b"secret A"), &raw[..PAYLOAD_LEN]);
+        raw[PAYLOAD_LEN..].copy_from_slice(&tag.as_ref()[..TAG_LEN]);
+        assert_eq!(codec.decode(&URL_SAFE_NO_PAD.encode(&raw)), None);
+        // The same construction with version 1 verifies, so only the version byte was refused.
+        raw[0] = VERSION;
+        let tag = hmac::sign(&derive_key(b"secret A"), &raw[..PAYLOAD_LEN]);
+        raw[PAYLOAD_LEN..].copy_from_slice(&tag.as_ref()[..TAG_LEN]);
+        assert_eq!(codec.decode(&URL_SAFE_NO_PAD.encode(&raw)), Some(claims()));
+    }
+
+    #[test]
+    fn previous_secret_verifies_only_while_listed() {
+        let old = codec(b"old secret");
+        let value = old.encode(&claims());
+
+        let rotated = CookieCodec::new(b"new secret", &[b"other".to_vec(), b"old secret".to_vec()]);
+        assert_eq!(rotated.decode(&value), Some(claims()));
+        // New cookies are signed with the current secret only.
+        let fresh = rotated.encode(&claims());
+        assert_ne!(fresh, value);
+        assert_eq!(codec(b"new secret").decode(&fresh), Some(claims()));
+        assert_eq!(old.decode(&fresh), None);
+
+        let dropped = CookieCodec::new(b"new secret", &[b"other".to_vec()]);
+        assert_eq!(dropped.decode(&value), None);
+    }
+
+    #[test]
+    fn another_secret_is_rejected() {
+        let value = codec(b"secret A").encode(&claims());
+        assert_eq!(codec(b"secret B").decode(&value), None);
+    }
+
+    #[test]
+    fn random_ids_differ() {
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| SessionId::random()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert_ne!(SessionId::random().as_u128(), 0);
+    }
+
+    #[test]
+    fn as_u128_is_little_endian() {
+        let mut bytes = [0u8; 16];
+        bytes[0] = 1;
+        bytes[15] = 0x80;
+        assert_eq!(SessionId(bytes).as_u128(), (1u128 << 127) | 1);
+    }
+
+    #[test]
+    fn debug_hides_the_id() {
+        let id = SessionId([0xab; 16]);
+        let printed = format!("{id:?} {:?}", Claims { id, ..claims() });
+        assert!(!printed.contains("ab"), "{printed}");
+        assert!(!printed.contains("171"), "{printed}");
+        assert!(printed.contains("SessionId(<redacted>)"));
+        let codec = format!("{:?}", codec(b"hunter2"));
+        assert!(!codec.contains("hunter2"), "{codec}");
+    }
+
+    #[test]
+    fn backend_tag_is_fnv1a_64() {
+        // Published FNV-1a 64 test vectors: the tag must never change between versions.
+        assert_eq!(backend_tag(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(backend_tag("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(backend_tag("foobar"), 0x8594_4171_f739_67e8);
+        assert_ne!(backend_tag("app1"), backend_tag("app2"));
+    }
+
+    #[test]
+    fn set_cookie_attributes() {
+        let a = attrs();
+        assert_eq!(
+            a.set_cookie("v"),
+            "tether_sid=v; HttpOnly; SameSite=Lax; Secure; Path=/"
+        );
+        let a = CookieAttrs {
+            same_site: SameSite::Strict,
+            secure: false,
+            http_only: false,
+            path: "/app".into(),
+            domain: Some("example.com".into()),
+            ..attrs()
+        };
+        assert_eq!(
+            a.set_cookie("v"),
+            "tether_sid=v; SameSite=Strict; Path=/app; Domain=example.com"
+        );
+        let a = CookieAttrs {
+            same_site: SameSite::None,
+            ..attrs()
+        };
+        assert_eq!(
+            a.set_cookie("v"),
+            "tether_sid=v; HttpOnly; SameSite=None; Secure; Path=/"
+        );
+        // What is configured is what is written, even where browsers will object.
+        let a = CookieAttrs {
+            same_site: SameSite::None,
+            secure: false,
+            ..attrs()
+        };
+        assert_eq!(
+            a.set_cookie("v"),
+            "tether_sid=v; HttpOnly; SameSite=None; Path=/"
+        );
+    }
+
+    #[test]
+    fn set_cookie_carries_an_encoded_value() {
+        let value = codec(b"s").encode(&claims());
+        let header = attrs().set_cookie(&value);
+        let header = header.to_str().unwrap();
+        assert!(
+            header.starts_with(&format!("tether_sid={value};")),
+            "{header}"
+        );
+        assert!(!header.contains("Max-Age") && !header.contains("Expires"));
+    }
+
+    #[test]
+    fn clear_cookie_has_same_scope_and_max_age_zero() {
+        let a = CookieAttrs {
+            domain: Some("example.com".into()),
+            ..attrs()
+        };
+        assert_eq!(
+            a.clear_cookie(),
+            "tether_sid=; HttpOnly; SameSite=Lax; Secure; Path=/; Domain=example.com; Max-Age=0"
+        );
+    }
+
+    #[test]
+    fn check_refuses_attribute_injection() {
+        assert_eq!(attrs().check(), Ok(()));
+        let bad_path = CookieAttrs {
+            path: "/; Domain=evil.example".into(),
+            ..attrs()
+        };
+        assert_eq!(bad_path.check().unwrap_err().attribute, "path");
+        let bad_name = CookieAttrs {
+            name: "a b".into(),
+            ..attrs()
+        };
+        assert_eq!(bad_name.check().unwrap_err().attribute, "name");
+        let empty_name = CookieAttrs {
+            name: String::new(),
+            ..attrs()
+        };
+        assert_eq!(
+            empty_name.check().unwrap_err().to_string(),
+            "invalid cookie name: expected a token: letters, digits and !#$%&'*+-.^_`|~"
+        );
+        let bad_domain = CookieAttrs {
+            domain: Some("exämple.com".into()),
+            ..attrs()
+        };
+        assert_eq!(bad_domain.check().unwrap_err().attribute, "domain");
+        let host_prefix = CookieAttrs {
+            name: "__Host-sid".into(),
+            ..attrs()
+        };
+        assert_eq!(host_prefix.check(), Ok(()));
+    }
+
+    #[test]
+    fn find_cookie_across_headers() {
+        let headers = [
+            hv("a=1; b=2"),
+            hv("tether_sid=first; c=3"),
+            hv("tether_sid=second"),
+        ];
+        assert_eq!(find_cookie(headers.iter(), "tether_sid"), Some("first"));
+        assert_eq!(find_cookie(headers.iter(), "c"), Some("3"));
+        assert_eq!(find_cookie(headers.iter(), "a"), Some("1"));
+        assert_eq!(find_cookie(headers.iter(), "missing"), None);
+        assert_eq!(find_cookie(std::iter::empty(), "a"), None);
+    }
+
+    #[test]
+    fn find_cookie_is_exact_and_tolerant_of_spacing() {
+        let headers = [hv("xtether_sid=no;tether_sidx=no ;  tether_sid = yes ;d=4")];
+        assert_eq!(find_cookie(headers.iter(), "tether_sid"), Some("yes"));
+        assert_eq!(find_cookie(headers.iter(), "d"), Some("4"));
+        let headers = [hv("tether_sid; Tether_Sid=no; tether_sid=")];
+        assert_eq!(find_cookie(headers.iter(), "tether_sid"), Some(""));
+        let headers = [hv("a=b=c")];
+        assert_eq!(find_cookie(headers.iter(), "a"), Some("b=c"));
+    }
+
+    #[test]
+    fn strip_cookie_keeps_the_others_in_order() {
+        let stripped = strip_cookie(&hv("a=1; tether_sid=x; b=2"), "tether_sid");
+        assert_eq!(stripped, Some(hv("a=1; b=2")));
+        let stripped = strip_cookie(&hv("tether_sid=x; a=1; tether_sid=y;b=2"), "tether_sid");
+        assert_eq!(stripped, Some(hv("a=1; b=2")));
+        let stripped = strip_cookie(&hv("a=1; b=2; tether_sid=x"), "tether_sid");
+        assert_eq!(stripped, Some(hv("a=1; b=2")));
+    }
+
+    #[test]
+    fn strip_cookie_leaves_an_unrelated_header_untouched() {
+        let header = hv("a=1;b=2;  tether_sidx=3");
+        assert_eq!(strip_cookie(&header, "tether_sid"), Some(header.clone()));
+    }
+
+    #[test]
+    fn strip_cookie_of_the_only_cookie_leaves_nothing() {
+        assert_eq!(strip_cookie(&hv("tether_sid=x"), "tether_sid"), None);
+        assert_eq!(
+            strip_cookie(&hv(" tether_sid=x ; tether_sid=y;"), "tether_sid"),
+            None
+        );
+    }
+
+    #[test]
+    fn strip_cookie_keeps_non_utf8_neighbours() {
+        let header = HeaderValue::from_bytes(b"a=\xe9t\xe9; tether_sid=x").unwrap();
+        let stripped = strip_cookie(&header, "tether_sid").unwrap();
+        assert_eq!(stripped.as_bytes(), b"a=\xe9t\xe9");
+        let headers = [header];
+        assert_eq!(find_cookie(headers.iter(), "tether_sid"), Some("x"));
+    }
+}

@@ -1,0 +1,158 @@
+//! Which affinity key a request carries (SPEC `[session] source`), and how an
+//! app's key becomes a fixed-size store key.
+//!
+//! An app's key (a JSESSIONID, a header value, a URL parameter) is attacker
+//! chosen and unbounded in length, so it never enters the store or the ring as
+//! is: it is digested under the secret into 128 bits for the store and 64 for
+//! the ring. Instances that share the secret derive the same digests.
+
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderMap, Uri};
+use ring::hmac;
+
+use crate::session::cookie::find_cookie;
+use crate::store::SessionKey;
+
+/// Where the affinity key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// tether's own cookie of this name.
+    Cookie(String),
+    /// The app's cookie of this name.
+    AppCookie(String),
+    /// A request header (lowercase name).
+    Header(http::HeaderName),
+    /// A URL query parameter.
+    Query(String),
+}
+
+/// The app's key as found in the request, if any. Empty values count as absent.
+pub fn app_key<'a>(source: &KeySource, headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    let v = match source {
+        KeySource::Cookie(_) => None,
+        KeySource::AppCookie(name) => find_cookie(headers.get_all(COOKIE).iter(), name),
+        KeySource::Header(name) => headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim),
+        KeySource::Query(name) => uri.query().and_then(|q| query_param(q, name)),
+    }?;
+    (!v.is_empty()).then_some(v)
+}
+
+/// The value of `name` in a query string (first occurrence, raw: ids are
+/// compared byte for byte, so no percent-decoding is needed).
+pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// The value the backend set for the app cookie `name` in this response, if
+/// it set one (non-empty and not a deletion): how a pin is learned.
+pub fn app_cookie_set<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(SET_COOKIE).iter().find_map(|v| {
+        let s = v.to_str().ok()?;
+        let first = s.split(';').next()?;
+        let (k, val) = first.split_once('=')?;
+        if k.trim() != name {
+            return None;
+        }
+        let val = val.trim().trim_matches('"');
+        let deleting = s.split(';').skip(1).any(|attr| {
+            let a = attr.trim();
+            a.eq_ignore_ascii_case("max-age=0") || a.to_ascii_lowercase().starts_with("max-age=-")
+        });
+        (!val.is_empty() && !deleting).then_some(val)
+    })
+}
+
+/// Digests app keys under the secret.
+#[derive(Clone)]
+pub struct AppKeyDigest {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for AppKeyDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppKeyDigest(..)")
+    }
+}
+
+impl AppKeyDigest {
+    /// Keyed by the session secret (domain-separated from cookie MACs).
+    pub fn new(secret: &[u8]) -> AppKeyDigest {
+        let derive = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let sub = hmac::sign(&derive, b"tether app-key digest v1");
+        AppKeyDigest {
+            key: hmac::Key::new(hmac::HMAC_SHA256, sub.as_ref()),
+        }
+    }
+
+    /// (store key, ring key) for an app's session value.
+    pub fn digest(&self, value: &str) -> (SessionKey, u64) {
+        let tag = hmac::sign(&self.key, value.as_bytes());
+        let b = tag.as_ref();
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&b[..16]);
+        let mut r = [0u8; 8];
+        r.copy_from_slice(&b[16..24]);
+        (SessionKey(u128::from_le_bytes(k)), u64::from_le_bytes(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn query_param_finds_first_exact_name() {
+        assert_eq!(query_param("a=1&sid=xyz&sid=2", "sid"), Some("xyz"));
+        assert_eq!(query_param("sidx=1", "sid"), None);
+        assert_eq!(query_param("sid", "sid"), Some(""));
+    }
+
+    #[test]
+    fn app_keys_by_source() {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_static("a=1; JSESSIONID=abc"));
+        h.insert("x-session-id", HeaderValue::from_static(" h1 "));
+        let uri: Uri = "/p?sid=q1".parse().unwrap();
+        let ac = KeySource::AppCookie("JSESSIONID".into());
+        assert_eq!(app_key(&ac, &h, &uri), Some("abc"));
+        let hd = KeySource::Header(http::HeaderName::from_static("x-session-id"));
+        assert_eq!(app_key(&hd, &h, &uri), Some("h1"));
+        assert_eq!(
+            app_key(&KeySource::Query("sid".into()), &h, &uri),
+            Some("q1")
+        );
+    }
+
+    #[test]
+    fn learns_app_cookie_from_set_cookie_but_not_deletions() {
+        let mut h = HeaderMap::new();
+        h.append(SET_COOKIE, HeaderValue::from_static("other=1"));
+        h.append(
+            SET_COOKIE,
+            HeaderValue::from_static("JSESSIONID=s42; Path=/; HttpOnly"),
+        );
+        assert_eq!(app_cookie_set(&h, "JSESSIONID"), Some("s42"));
+        let mut d = HeaderMap::new();
+        d.append(
+            SET_COOKIE,
+            HeaderValue::from_static("JSESSIONID=x; Max-Age=0"),
+        );
+        assert_eq!(app_cookie_set(&d, "JSESSIONID"), None);
+    }
+
+    #[test]
+    fn digests_are_keyed_and_stable() {
+        let a = AppKeyDigest::new(b"0123456789abcdef");
+        let b = AppKeyDigest::new(b"fedcba9876543210");
+        assert_eq!(a.digest("x"), a.digest("x"));
+        assert_ne!(a.digest("x"), a.digest("y"));
+        assert_ne!(a.digest("x"), b.digest("x"));
+    }
+}

@@ -1,0 +1,215 @@
+//! `Snapshot`: everything the request path reads that a reload may replace,
+//! built once from a `Config` and swapped whole (ArcSwap), so a request sees
+//! one consistent world: backend table, ring, cookie codec, timeouts, limits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use http::HeaderName;
+
+use crate::backends::Backend;
+use crate::balancer::Balancer;
+use crate::config::{self, Config};
+use crate::session::cookie::{backend_tag, CookieAttrs, CookieCodec, SameSite};
+use crate::session::source::{AppKeyDigest, KeySource};
+use crate::session::Timeouts;
+use crate::store::{BackendId, MAX_BACKEND_IDS};
+use crate::upstream;
+
+/// Interns backend names into stable [`BackendId`]s for the life of the
+/// process, so a reload that keeps a name keeps its id (and its sessions).
+#[derive(Debug, Default)]
+pub struct Names(Mutex<HashMap<String, BackendId>>);
+
+impl Names {
+    /// The id for `name`, assigning the next one if new.
+    ///
+    /// # Panics
+    /// After [`MAX_BACKEND_IDS`] distinct names in one process (config allows
+    /// at most 1024 per file; only thousands of reloads with new names reach it).
+    pub fn id(&self, name: &str) -> BackendId {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = m.get(name) {
+            return *id;
+        }
+        let next = m.len();
+        assert!(
+            next < MAX_BACKEND_IDS,
+            "more than {MAX_BACKEND_IDS} distinct backend names in one process"
+        );
+        let id = BackendId(next as u16);
+        m.insert(name.to_string(), id);
+        id
+    }
+}
+
+/// Everything per-request code reads from configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The validated config this was built from.
+    pub config: Arc<Config>,
+    /// Backends in config order; indexes are used by the balancer.
+    pub backends: Vec<Arc<Backend>>,
+    /// Connection pools, same indexes as `backends`.
+    pub upstreams: Vec<Arc<upstream::Pool>>,
+    by_tag: HashMap<u64, usize>,
+    by_id: HashMap<BackendId, usize>,
+    /// Ring and rotate tables.
+    pub balancer: Balancer,
+    /// Cookie MAC under the current and previous secrets.
+    pub codec: CookieCodec,
+    /// App-key digests under the secret.
+    pub app_digest: AppKeyDigest,
+    /// Cookie attributes on plain listeners.
+    pub cookie_plain: CookieAttrs,
+    /// Cookie attributes on TLS listeners.
+    pub cookie_tls: CookieAttrs,
+    /// Where the affinity key comes from.
+    pub source: KeySource,
+    /// true = sticky, false = rotate.
+    pub sticky: bool,
+    /// Session timeouts.
+    pub timeouts: Timeouts,
+    /// Upstream timeouts.
+    pub upstream_timeouts: upstream::Timeouts,
+    /// Remove tether's cookie before forwarding.
+    pub strip_cookie: bool,
+    /// Bounded-load factor for new sessions (0 = off).
+    pub balance_factor: f64,
+    /// Request head limit.
+    pub max_header_bytes: usize,
+    /// One log line per request.
+    pub access_log: bool,
+}
+
+impl Snapshot {
+    /// Builds a snapshot. `secret` is the effective current secret (the
+    /// config's, or the one generated at start when the config has none).
+    /// Backends whose name and address survive from `previous` keep their
+    /// status, counters and connection pool.
+    pub fn build(
+        config: Arc<Config>,
+        names: &Names,
+        secret: &[u8],
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
+        let mut backends = Vec::with_capacity(config.backends.len());
+        let mut upstreams = Vec::with_capacity(config.backends.len());
+        for b in &config.backends {
+            let old = previous.and_then(|p| {
+                p.backends.iter().position(|o| {
+                    *o.name == *b.name && o.address == b.address && o.weight == b.weight
+                })
+            });
+            match (old, previous) {
+                (Some(i), Some(p)) => {
+                    backends.push(p.backends[i].clone());
+                    upstreams.push(p.upstreams[i].clone());
+                }
+                _ => {
+                    let fresh = Backend::new(
+                        &b.name,
+                        names.id(&b.name),
+                        backend_tag(&b.name),
+                        b.address,
+                        b.weight,
+                    );
+                    if let Some(o) =
+                        previous.and_then(|p| p.backends.iter().find(|o| *o.name == *b.name))
+                    {
+                        fresh.set_state(o.state());
+                    }
+                    backends.push(Arc::new(fresh));
+                    upstreams.push(Arc::new(upstream::Pool::new(b.address)));
+                }
+            }
+        }
+        let by_tag = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.tag, i))
+            .collect();
+        let by_id = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.id, i))
+            .collect();
+        let s = &config.session;
+        let codec = CookieCodec::new(secret, &s.secrets.previous);
+        let same_site = match s.same_site {
+            config::SameSite::Lax => SameSite::Lax,
+            config::SameSite::Strict => SameSite::Strict,
+            config::SameSite::None => SameSite::None,
+        };
+        let attrs = |secure: bool| CookieAttrs {
+            name: s.cookie.clone(),
+            path: s.path.clone(),
+            domain: s.domain.clone(),
+            same_site,
+            secure,
+            http_only: s.http_only,
+        };
+        let (secure_plain, secure_tls) = match s.secure {
+            config::Secure::Auto => (false, true),
+            config::Secure::Always => (true, true),
+            config::Secure::Never => (false, false),
+        };
+        let source = match s.source {
+            config::Source::Cookie => KeySource::Cookie(s.cookie.clone()),
+            config::Source::AppCookie => KeySource::AppCookie(s.app_cookie.clone()),
+            config::Source::Header => KeySource::Header(
+                HeaderName::from_bytes(s.header.as_bytes())
+                    .unwrap_or_else(|_| HeaderName::from_static("x-session-id")),
+            ),
+            config::Source::Query => KeySource::Query(s.query_param.clone()),
+        };
+        Snapshot {
+            balancer: Balancer::new(&backends),
+            backends,
+            upstreams,
+            by_tag,
+            by_id,
+            codec,
+            app_digest: AppKeyDigest::new(secret),
+            cookie_plain: attrs(secure_plain),
+            cookie_tls: attrs(secure_tls),
+            source,
+            sticky: s.mode == config::Mode::Sticky,
+            timeouts: Timeouts {
+                idle_ms: s.idle_timeout.as_millis() as u64,
+                absolute_ms: s.absolute_timeout.as_millis() as u64,
+            },
+            upstream_timeouts: upstream::Timeouts {
+                connect: config.timeouts.connect,
+                response: config.timeouts.response,
+            },
+            strip_cookie: s.strip_cookie && s.source == config::Source::Cookie,
+            balance_factor: s.balance_factor,
+            max_header_bytes: config.limits.max_header_bytes,
+            access_log: config.log.access,
+            config,
+        }
+    }
+
+    /// The backend a cookie's tag names, if it is still configured.
+    #[inline]
+    pub fn by_tag(&self, tag: u64) -> Option<usize> {
+        self.by_tag.get(&tag).copied()
+    }
+
+    /// The backend a store record names, if it is still configured.
+    #[inline]
+    pub fn by_id(&self, id: BackendId) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// Cookie attributes for a listener.
+    #[inline]
+    pub fn cookie_attrs(&self, tls: bool) -> &CookieAttrs {
+        if tls {
+            &self.cookie_tls
+        } else {
+            &self.cookie_plain
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The session store: which backend a session is pinned to, and whether its
+//! affinity is still live. Judges timeouts from the `now_ms` it is handed and
+//! never reads a clock; what a missing or unavailable answer means for routing
+//! is `session/`'s decision, not the store's.
+//!
+//! [`SessionStore`] is the contract; [`Store`] is the closed set of
+//! implementations the request path calls. It dispatches by `match`, so no
+//! future is boxed per request (contrast `async_trait`).
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// 128 bits that name a session in the store: a tether session id, or a keyed
+/// digest of an app's key.
+///
+/// Both are uniformly random to anyone who does not hold the secret, which is
+/// what lets the memory store hash them by identity. `Debug` hides the value:
+/// a session id is a bearer credential and must not reach a log.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionKey(pub u128);
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+/// Stable small id of a backend *name*. The caller interns names and never
+/// reuses an id, so a count indexed by it always belongs to one name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendId(pub u16);
+
+/// How many distinct backend names the stores can count (ids `0..MAX_BACKEND_IDS`).
+/// A larger id is a broken invariant of the caller's interner and panics.
+pub const MAX_BACKEND_IDS: usize = 4096;
+
+/// A live session as the store knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// The backend the session is pinned to.
+    pub backend: BackendId,
+    /// When the session began (unix ms); the absolute timeout runs from here.
+    pub created_ms: u64,
+    /// When the session was last seen (unix ms); the idle timeout runs from here.
+    pub seen_ms: u64,
+}
+
+/// Why a session's affinity ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// No request for `idle_timeout`.
+    Idle,
+    /// `absolute_timeout` since the session began.
+    Absolute,
+    /// Logout: the backend answered `Tether-Session-Control: end`.
+    Ended,
+    /// Replaced by a new id: the backend answered `Tether-Session-Control: regenerate`.
+    Regenerated,
+}
+
+impl EndReason {
+    /// A short lowercase name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Idle => "idle",
+            EndReason::Absolute => "absolute",
+            EndReason::Ended => "ended",
+            EndReason::Regenerated => "regenerated",
+        }
+    }
+}
+
+/// What the store knows about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Within both timeouts. The store has refreshed `seen_ms` to now; the
+    /// record returned shows the *previous* `seen_ms`.
+    Live(Record),
+    /// Known but over: a timeout passed (the entry is removed, so asking again
+    /// gives `Missing`), or a tombstone left by `end` (kept until the session
+    /// would have expired anyway, so an old cookie cannot come back).
+    Over(EndReason),
+    /// Never seen here, or forgotten after it expired. The caller may adopt
+    /// the key on the strength of its MAC'd cookie.
+    Missing,
+    /// The store cannot answer (Redis down). The memory store never says this.
+    Unavailable,
+}
+
+/// The outcome of a write that may add an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "Full means the session was not stored; route by the cookie alone and count it"]
+pub enum Insert {
+    /// Stored.
+    Done,
+    /// The store is at `max_sessions` and evicts nothing to make room. The
+    /// caller routes by the cookie alone and says so in metrics.
+    Full,
+}
+
+/// The contract every session store keeps.
+///
+/// The request-path operations return futures, so a networked store can
+/// implement them; the memory store's futures finish on first poll. Counts and
+/// timeouts are synchronous: the balancer reads counts inside a pure decision,
+/// so a networked store must serve them from state it keeps locally.
+///
+/// Timeouts: a session is live while `now < seen + idle` and
+/// `now < created + absolute`. At exactly `seen + idle` it is over (the
+/// boundary belongs to the expired side), and likewise for absolute.
+pub trait SessionStore {
+    /// Looks a key up and, if the session is live, restarts its idle clock.
+    fn get_touch(&self, key: SessionKey, now_ms: u64) -> impl Future<Output = Found> + Send;
+
+    /// Stores a new live session, replacing any tombstone or old record for
+    /// the same key.
+    ///
+    /// # Errors
+    /// Returns [`Insert::Full`] when the key is new and the store holds
+    /// `max_sessions` entries (tombstones included). Nothing is evicted.
+    fn insert(&self, key: SessionKey, record: Record) -> impl Future<Output = Insert> + Send;
+
+    /// Failover: pins a live session to `backend`, keeping `created_ms`, and
+    /// moves its count. Returns `false` (and changes nothing) when the key is
+    /// not a live session.
+    fn repin(
+        &self,
+        key: SessionKey,
+        backend: BackendId,
+        now_ms: u64,
+    ) -> impl Future<Output = bool> + Send;
+
+    /// Ends a session (`end`, `regenerate`): leaves a tombstone that answers
+    /// `Over(reason)` until `min(last seen + idle, created + absolute)`, where
+    /// this call counts as a sighting. An absent key gets a tombstone valid
+    /// for `idle` from now. Tombstones do not count as live.
+    ///
+    /// # Errors
+    /// Returns [`Insert::Full`] when the key was absent and the store is full:
+    /// the tombstone is refused, and the old cookie is then judged by its own
+    /// timestamps.
+    fn end(
+        &self,
+        key: SessionKey,
+        reason: EndReason,
+        now_ms: u64,
+    ) -> impl Future<Output = Insert> + Send;
+
+    /// Live sessions pinned to `backend`.
+    fn sessions_on(&self, backend: BackendId) -> u64;
+
+    /// Live sessions in all.
+    fn live(&self) -> u64;
+
+    /// Entries held, tombstones included (what `max_sessions` bounds).
+    fn len(&self) -> usize;
+
+    /// Whether the store holds no entry at all.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies new timeouts (config reload). Existing sessions are judged by
+    /// the new values from the next call on.
+    fn set_timeouts(&self, idle: Duration, absolute: Duration);
+}
+
+/// The store the request path holds: one of the known implementations.
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// The embedded default.
+    Memory(MemoryStore),
+}
+
+impl SessionStore for Store {
+    async fn get_touch(&self, key: SessionKey, now_ms: u64) -> Found {
+        match self {
+            Store::Memory(m) => m.get_touch(key, now_ms),
+        }
+    }
+
+    async fn insert(&self, key: SessionKey, record: Record) -> Insert {
+        match self {
+            Store::Memory(m) => m.insert(key, record),
+        }
+    }
+
+    async fn repin(&self, key: SessionKey, backend: BackendId, now_ms: u64) -> bool {
+        match self {
+            Store::Memory(m) => m.repin(key, backend, now_ms),
+        }
+    }
+
+    async fn end(&self, key: SessionKey, reason: EndReason, now_ms: u64) -> Insert {
+        match self {
+            Store::Memory(m) => m.end(key, reason, now_ms),
+        }
+    }
+
+    fn sessions_on(&self, backend: BackendId) -> u64 {
+        match self {
+            Store::Memory(m) => m.sessions_on(backend),
+        }
+    }
+
+    fn live(&self) -> u64 {
+        match self {
+            Store::Memory(m) => m.live(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Store::Memory(m) => m.len(),
+        }
+    }
+
+    fn set_timeouts(&self, idle: Duration, absolute: Duration) {
+        match self {
+            Store::Memory(m) => m.set_timeouts(idle, absolute),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn session_key_debug_hides_the_value() {
+        let shown = format!("{:?}", SessionKey(0xdead_beef_cafe));
+        assert_eq!(shown, "SessionKey(..)");
+        assert!(!shown.contains("dead"));
+    }
+
+    #[tokio::test]
+    async fn store_enum_dispatches_to_memory() {
+        let store = Store::Memory(MemoryStore::new(10, secs(60), secs(3600)));
+        let key = SessionKey(7);
+        let rec = Record {
+            backend: BackendId(3),
+            created_ms: 1_000,
+            seen_ms: 1_000,
+        };
+        assert_eq!(store.get_touch(key, 1_000).await, Found::Missing);
+        assert_eq!(store.insert(key, rec).await, Insert::Done);
+        assert_eq!(store.get_touch(key, 2_000).await, Found::Live(rec));
+        assert!(store.repin(key, BackendId(4), 3_000).await);
+        assert_eq!((store.sessions_on(BackendId(4)), store.live()), (1, 1));
+        assert_eq!(store.end(key, EndReason::Ended, 4_000).await, Insert::Done);
+        assert_eq!(
+            store.get_touch(key, 5_000).await,
+            Found::Over(EndReason::Ended)
+        );
+        assert_eq!((store.live(), store.len()), (0, 1));
+        store.set_timeouts(secs(1), secs(2));
+        assert_eq!(store.get_touch(key, 6_000).await, Found::Missing);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn store_futures_are_send() {
+        fn send<T: Send>(_: T) {}
+        let store = Store::Memory(MemoryStore::new(1, secs(1), secs(1)));
+        let key = SessionKey(1);
+        send(store.get_touch(key, 0));
+        send(store.end(key, EndReason::Ended, 0));
+    }
+}

@@ -1,0 +1,80 @@
+//! TLS server configuration: rustls with ALPN h2 and http/1.1, TLS 1.2 and
+//! 1.3 only, resumption by session cache and tickets, and a certificate
+//! resolver whose key can be replaced in place, so a renewed certificate
+//! needs no new listener and open connections are untouched.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Sessions remembered for resumption (~ a few hundred bytes each).
+const SESSION_CACHE: usize = 16 * 1024;
+
+/// A certificate and key that failed to load into rustls.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Turns a PEM-parsed chain and key into a rustls `CertifiedKey`, checking
+/// that the key belongs to the certificate.
+///
+/// # Errors
+/// The key type is unsupported or does not match the certificate.
+pub fn certified_key(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, TlsError> {
+    CertifiedKey::from_der(certs, key, &provider())
+        .map_err(|e| TlsError(format!("certificate and key do not load: {e}")))
+}
+
+/// Serves whatever certificate is current; `reload` swaps it.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl CertResolver {
+    /// A resolver serving `key`.
+    pub fn new(key: CertifiedKey) -> CertResolver {
+        CertResolver {
+            current: ArcSwap::from_pointee(key),
+        }
+    }
+
+    /// Replaces the certificate for handshakes from now on.
+    pub fn replace(&self, key: CertifiedKey) {
+        self.current.store(Arc::new(key));
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// The rustls server config for all TLS listeners.
+///
+/// # Errors
+/// The crypto provider refuses the protocol versions (a build problem).
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError(e.to_string()))?;
+    Ok(Arc::new(cfg))
+}

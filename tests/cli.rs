@@ -1,0 +1,119 @@
+//! The built binary: `check` exit codes and messages, SIGTERM behaviour.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn tether() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tether"))
+}
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tether-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("tether.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_accepts_the_example_and_prints_the_effective_config() {
+    let out = tether()
+        .args(["check", "-c"])
+        .arg(repo().join("config.toml.example"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("idle_timeout"), "{stdout}");
+    assert!(stdout.contains("[[backend]]"), "{stdout}");
+}
+
+#[test]
+fn check_refuses_a_bad_file_with_exit_2_and_file_line_col() {
+    let p = write_config(
+        "typo",
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[session]\nidle_timout = \"5m\"\n\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
+    );
+    let out = tether()
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!("{}:5:1: unknown field `idle_timout`", p.display());
+    assert!(err.starts_with(&want), "got: {err}\nwant prefix: {want}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one message: {err}");
+}
+
+#[test]
+fn run_refuses_a_bad_file_without_starting() {
+    let p = write_config("nobackend", "[[listener]]\nbind = \"127.0.0.1:0\"\n");
+    let out = tether().args(["run", "-c"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("backend"));
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
+    let a = Backend::start("app1").await;
+    let p = write_config("term", &config("", &[&a]));
+    let mut child = tether()
+        .args(["run", "-c"])
+        .arg(&p)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The bound address is in the "listening" log line.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("listening") {
+                let addr = line
+                    .split("addr=")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr: std::net::SocketAddr = rx
+        .recv_timeout(HANG)
+        .expect("tether logged its address")
+        .parse()
+        .unwrap();
+    let inflight = tokio::spawn(async move { plain_get(addr, "/slow/1000", &[]).await.status });
+    eventually("the slow request reached the backend", || a.hits() == 1).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(
+        inflight.await.unwrap(),
+        200,
+        "the in-flight request finished"
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let _ = Duration::ZERO;
+}
