@@ -22,6 +22,7 @@
 //! server.rs ──swaps───▶ snapshot.rs ◀── read by service.rs, listener.rs, balancer/
 //! ```
 
+pub mod admin;
 pub mod backends;
 pub mod balancer;
 pub mod body;
@@ -32,6 +33,7 @@ pub mod error;
 pub mod headers;
 pub mod listener;
 pub mod log;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod session;

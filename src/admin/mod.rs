@@ -1,0 +1,2 @@
+//! Admin listener (wired in by the other engineer).
+pub mod page;
