@@ -18,8 +18,11 @@
 //!
 //! control plane: writes shared state; nothing on the request path calls it
 //!
-//! server.rs ──spawns──▶ listeners, store reaper
-//! server.rs ──swaps───▶ snapshot.rs ◀── read by service.rs, listener.rs, balancer/
+//! server.rs   ──spawns──────────────▶ listeners, health.rs, admin/, reload.rs, store reaper
+//! reload.rs   ──swaps───────────────▶ snapshot.rs   ◀── read by service.rs, listener.rs, balancer/
+//! health.rs   ──sets status─────────▶ backends.rs   ◀── read by balancer/, admin/
+//! admin/      ──drain/disable/enable▶ backends.rs ; reads metrics.rs and store/ counts
+//! service.rs  ──passive failure streak▶ backends.rs (an increment, not a decision)
 //! ```
 
 pub mod admin;
@@ -31,9 +34,11 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod health;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -69,6 +69,8 @@ impl Listener {
             let watcher = self.graceful.watcher();
             tokio::spawn(async move {
                 let _permit = permit;
+                let metrics = shared.metrics.clone();
+                metrics.connection_opened();
                 let snap = shared.snapshot.load();
                 let limits = (snap.config.timeouts.client_header, snap.max_header_bytes);
                 drop(snap);
@@ -80,14 +82,22 @@ impl Listener {
                     None => serve(stream, info, shared, limits, watcher).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(limits.0, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => serve(s, info, shared, limits, watcher).await,
+                            Ok(Ok(s)) => {
+                                metrics.tls_handshake(true);
+                                serve(s, info, shared, limits, watcher).await
+                            }
                             Ok(Err(e)) => {
+                                metrics.tls_handshake(false);
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
                             }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            Err(_) => {
+                                metrics.tls_handshake(false);
+                                tracing::debug!(%peer, "TLS handshake timed out")
+                            }
                         }
                     }
                 }
+                metrics.connection_closed();
             });
         }
         tracing::debug!(listener = ?local, "stopped accepting");

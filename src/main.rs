@@ -68,7 +68,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(tether::server::run(c, tether::server::terminate_signal())) {
+            match rt.block_on(async {
+                let hup = tether::server::hangup_signals();
+                tether::server::run(c, tether::server::terminate_signal(), hup).await
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e @ tether::server::StartError::Tls(_)) => {
                     eprintln!("{}: {e}", config.display());

@@ -16,10 +16,14 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::{self, AdminState};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::health::{Checker, OnProbe};
 use crate::listener::Listener;
-use crate::service::Shared;
+use crate::metrics::Metrics;
+use crate::reload::{self, Control, ReloadError};
+use crate::service::{Shared, Upgrades};
 use crate::snapshot::{Names, Snapshot};
 use crate::store::memory::MemoryStore;
 use crate::store::Store;
@@ -44,15 +48,13 @@ pub enum StartError {
 
 /// A started tether.
 pub struct Running {
-    shared: Arc<Shared>,
+    control: Arc<Control>,
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
     graceful: Arc<GracefulShutdown>,
-    grace: Duration,
-    resolver: Option<Arc<CertResolver>>,
-    names: Arc<Names>,
-    secret: Vec<u8>,
 }
 
 impl std::fmt::Debug for Running {
@@ -96,7 +98,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
 
-    let names = Arc::new(Names::default());
+    let names = Names::default();
     let secret = effective_secret(&config);
     let snapshot = Snapshot::build(config.clone(), &names, &secret, None);
     let s = &config.session;
@@ -110,11 +112,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let clock = Clock::system();
     let reaper_clock = clock.clone();
     memory.spawn_reaper(reap_every, move || reaper_clock.now_ms());
+    let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         store: Store::Memory(memory),
         clock,
+        metrics: metrics.clone(),
+        upgrades: Arc::new(Upgrades::default()),
     });
+    let on_probe: OnProbe = Arc::new(move |b, ok| metrics.health_check(b.id.0 as usize, ok));
+    let control = Arc::new(Control {
+        shared: shared.clone(),
+        names,
+        generated_secret: secret,
+        resolver: resolver.clone(),
+        checker: std::sync::Mutex::new(Checker::default()),
+        on_probe,
+    });
+    {
+        let snap = shared.snapshot.load();
+        control
+            .checker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sync(&snap.backends, &config.health, &control.on_probe);
+    }
 
     let (stop, stop_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(config.limits.max_connections));
@@ -148,16 +170,35 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         };
         listeners.push(tokio::spawn(l.run()));
     }
+    let mut background = Vec::new();
+    let mut admin_addr = None;
+    if let Some(a) = &config.admin {
+        let socket = TcpListener::bind(a.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: a.bind,
+                source,
+            })?;
+        let addr = socket.local_addr().map_err(|source| StartError::Bind {
+            addr: a.bind,
+            source,
+        })?;
+        tracing::info!(%addr, "admin API listening");
+        admin_addr = Some(addr);
+        let state = Arc::new(AdminState::new(shared.clone(), a.token.as_deref()));
+        listeners.push(tokio::spawn(admin::serve(socket, state, stop_rx.clone())));
+    }
+    if resolver.is_some() {
+        background.push(tokio::spawn(reload::watch_certificates(control.clone())));
+    }
     Ok(Running {
-        shared,
+        control,
         addrs,
+        admin_addr,
         stop,
         listeners,
+        background,
         graceful,
-        grace: config.timeouts.shutdown_grace,
-        resolver,
-        names,
-        secret,
     })
 }
 
@@ -167,32 +208,64 @@ impl Running {
         &self.addrs
     }
 
-    /// The request path's shared state (for the admin API and tests).
+    /// The admin listener's bound address, if `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The request path's shared state (for tests).
     pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        &self.control.shared
     }
 
-    /// The certificate resolver, when a TLS listener exists.
-    pub fn cert_resolver(&self) -> Option<&Arc<CertResolver>> {
-        self.resolver.as_ref()
+    /// The reload context.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
-    /// Rebuilds the snapshot from `config` and swaps it in; backend status
-    /// and sessions carry over by name.
-    pub fn apply(&self, config: Config) {
-        let prev = self.shared.snapshot.load_full();
-        let next = Snapshot::build(Arc::new(config), &self.names, &self.secret, Some(&prev));
-        self.shared.snapshot.store(Arc::new(next));
+    /// Applies a new config now (what SIGHUP does after reading the file);
+    /// backend status and sessions carry over by name.
+    ///
+    /// # Errors
+    /// The certificate does not load; the old config stays.
+    pub fn apply(&self, config: Config) -> Result<(), ReloadError> {
+        self.control.apply(config)
+    }
+
+    /// Re-reads the config file and applies it (SIGHUP).
+    ///
+    /// # Errors
+    /// The file is invalid; the old config stays.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        self.control.reload_file()
     }
 
     /// Stops accepting, lets in-flight requests finish within
-    /// `shutdown_grace`, then returns.
+    /// `shutdown_grace`, closes upgraded connections still open at its end,
+    /// then returns.
     pub async fn shutdown(self) {
+        let grace = self
+            .control
+            .shared
+            .snapshot
+            .load()
+            .config
+            .timeouts
+            .shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         let _ = self.stop.send(true);
         for l in self.listeners {
             let _ = l.await;
         }
-        tracing::info!(grace = ?self.grace, "draining connections");
+        for b in &self.background {
+            b.abort();
+        }
+        *self
+            .control
+            .checker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Checker::default();
+        tracing::info!(?grace, "draining connections");
         // The listeners held the only other references; they have ended.
         let graceful = match Arc::try_unwrap(self.graceful) {
             Ok(g) => g,
@@ -201,24 +274,65 @@ impl Running {
                 return;
             }
         };
-        if tokio::time::timeout(self.grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown grace ran out; closing the remaining connections");
+        let upgrades = self.control.shared.upgrades.clone();
+        let drained = tokio::time::timeout_at(deadline, async {
+            graceful.shutdown().await;
+            upgrades.idle().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                upgraded = upgrades.live(),
+                "shutdown grace ran out; closing the remaining connections"
+            );
         }
+        upgrades.close_all();
     }
 }
 
-/// Runs until `shutdown` completes, then shuts down gracefully.
+/// Runs until `shutdown` completes, reloading the config file whenever
+/// `reload` yields; then shuts down gracefully.
 ///
 /// # Errors
 /// As [`start`].
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    mut reload: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), StartError> {
     let running = start(config).await?;
-    shutdown.await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = reload.recv() => match running.reload() {
+                Ok(()) => {}
+                Err(e) => tracing::error!(error = %e, "reload refused; still serving the previous configuration"),
+            },
+        }
+    }
     running.shutdown().await;
     Ok(())
+}
+
+/// Yields on every SIGHUP.
+pub fn hangup_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let _ = tx.try_send(());
+        }
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,17 +13,20 @@ use arc_swap::ArcSwap;
 use http::header::{COOKIE, HOST};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use tokio::sync::{watch, Notify};
 
+use crate::backends::{Backend, State as BackendState};
 use crate::body::{Body, OnEnd};
 use crate::clock::Clock;
 use crate::error::ProxyError;
 use crate::headers;
+use crate::metrics::{Metrics, PinLost, SessionEvent};
 use crate::session::cookie::{find_cookie, Claims, SessionId};
 use crate::session::source::{app_cookie_set, app_key, KeySource};
 use crate::session::{self, Control, Pin, SessionState, Standing};
 use crate::snapshot::Snapshot;
-use crate::store::{EndReason, Record, SessionKey, SessionStore, Store};
-use crate::upstream::{Failure, SendError};
+use crate::store::{EndReason, Insert, Record, SessionKey, SessionStore, Store};
+use crate::upstream::{Failure, Replay, SendError};
 
 /// What every request shares: the current snapshot, the store, the clock.
 #[derive(Debug)]
@@ -34,6 +37,67 @@ pub struct Shared {
     pub store: Store,
     /// Time source.
     pub clock: Clock,
+    /// Counters (increments only on the request path).
+    pub metrics: Arc<Metrics>,
+    /// Upgraded (WebSocket) connections, which outlive their HTTP exchange.
+    pub upgrades: Arc<Upgrades>,
+}
+
+/// Tracks upgraded connections so shutdown can wait for them, then close
+/// what is still open at the end of `shutdown_grace`.
+#[derive(Debug)]
+pub struct Upgrades {
+    live: AtomicUsize,
+    idle: Notify,
+    close: watch::Sender<bool>,
+}
+
+impl Default for Upgrades {
+    fn default() -> Self {
+        Upgrades {
+            live: AtomicUsize::new(0),
+            idle: Notify::new(),
+            close: watch::channel(false).0,
+        }
+    }
+}
+
+struct UpgradeGuard(Arc<Upgrades>);
+
+impl Drop for UpgradeGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Upgrades {
+    /// Upgraded connections open now.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Waits until no upgraded connection is open.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.live() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes every upgraded connection still open.
+    pub fn close_all(&self) {
+        let _ = self.close.send(true);
+    }
+
+    fn enter(self: &Arc<Self>) -> (UpgradeGuard, watch::Receiver<bool>) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        (UpgradeGuard(self.clone()), self.close.subscribe())
+    }
 }
 
 /// Facts about the client connection a request arrived on.
@@ -84,26 +148,34 @@ pub async fn handle(
     let (resp, backend, state) = match proxy(&shared, &snap, conn, req).await {
         Ok(done) => done,
         Err((e, backend)) => {
+            let name = backend.map_or("-", |b| &*b.name);
             match e.status() {
                 StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
-                    tracing::warn!(peer = %conn.peer, backend = backend.unwrap_or("-"), error = %e, "upstream failed")
+                    tracing::warn!(peer = %conn.peer, backend = name, error = %e, "upstream failed")
                 }
                 StatusCode::SERVICE_UNAVAILABLE => {
                     tracing::warn!(peer = %conn.peer, "no eligible backend")
                 }
                 _ => tracing::debug!(peer = %conn.peer, error = %e, "request refused"),
             }
-            (e.response(), backend.map(str::to_owned), None)
+            (e.response(), backend.cloned(), None)
         }
     };
+    let status = resp.status().as_u16();
+    shared
+        .metrics
+        .request(backend.as_ref().map(|b| b.id.0 as usize), status);
+    if let Some(state) = state {
+        shared.metrics.session(event_of(state));
+    }
     if let Some((method, path)) = log {
         tracing::info!(
             target: "tether::access",
             client = %conn.peer.ip(),
             %method,
             path,
-            status = resp.status().as_u16(),
-            backend = backend.as_deref().unwrap_or("-"),
+            status,
+            backend = backend.as_ref().map_or("-", |b| &*b.name),
             session = state.map_or("-", SessionState::as_str),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         );
@@ -111,14 +183,42 @@ pub async fn handle(
     Ok(resp)
 }
 
-type Done = (Response<Body>, Option<String>, Option<SessionState>);
+type Done = (Response<Body>, Option<Arc<Backend>>, Option<SessionState>);
+
+fn event_of(s: SessionState) -> SessionEvent {
+    match s {
+        SessionState::New => SessionEvent::New,
+        SessionState::Continued => SessionEvent::Continued,
+        SessionState::Expired => SessionEvent::Expired,
+        SessionState::Failover => SessionEvent::Failover,
+        SessionState::Rotated => SessionEvent::Rotated,
+    }
+}
+
+fn lost_by_timeout(r: EndReason) -> PinLost {
+    match r {
+        EndReason::Idle => PinLost::Idle,
+        EndReason::Absolute => PinLost::Absolute,
+        EndReason::Ended => PinLost::Ended,
+        EndReason::Regenerated => PinLost::Regenerated,
+    }
+}
+
+/// Why a live session's pinned backend cannot serve it.
+fn lost_backend(snap: &Snapshot, gone: Option<usize>) -> PinLost {
+    match gone.map(|i| snap.backends[i].state()) {
+        None => PinLost::BackendRemoved,
+        Some(BackendState::Disabled) => PinLost::BackendDisabled,
+        Some(_) => PinLost::BackendDown,
+    }
+}
 
 async fn proxy<'s>(
     shared: &Shared,
     snap: &'s Snapshot,
     conn: ConnInfo,
     mut req: Request<Incoming>,
-) -> Result<Done, (ProxyError, Option<&'s str>)> {
+) -> Result<Done, (ProxyError, Option<&'s Arc<Backend>>)> {
     // Request hygiene the codec does not already enforce.
     if headers::head_size_of(&req) > snap.max_header_bytes {
         return Err((
@@ -153,51 +253,80 @@ async fn proxy<'s>(
     let strip = snap.strip_cookie.then_some(snap.cookie_plain.name.as_str());
     headers::to_upstream(&mut parts, conn.peer.ip(), conn.tls, strip);
     headers::set_session_state(&mut parts.headers, plan.state);
-    let mut req = Request::from_parts(parts, body);
+    // An idempotent request without a body can be rebuilt and replayed if a
+    // backend breaks before answering; anything else is sent at most once
+    // after its bytes may have reached a backend.
+    let replay = (is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body))
+        .then(|| Replay::new(&parts));
+    let mut req = Request::from_parts(parts, Body::stream(body));
 
-    // First attempt; one retry elsewhere if it never reached the backend.
+    // First attempt; one retry elsewhere if that is safe.
     let mut attempt = 0;
     let (mut resp, lease) = loop {
         let b = &snap.backends[plan.backend];
         b.requests.fetch_add(1, Ordering::Relaxed);
+        let sent_at = Instant::now();
         match snap.upstreams[plan.backend]
-            .send(req, &snap.upstream_timeouts)
+            .send(req, replay.as_ref(), &snap.upstream_timeouts)
             .await
         {
             Ok(ok) => {
-                b.failure_streak.store(0, Ordering::Relaxed);
+                b.passive_success();
+                shared
+                    .metrics
+                    .upstream_latency(b.id.0 as usize, sent_at.elapsed());
                 break ok;
             }
             Err(SendError { failure, request }) => {
                 b.failures.fetch_add(1, Ordering::Relaxed);
                 let name = &*b.name;
-                let err = match failure {
-                    Failure::Connect(source) => {
-                        b.failure_streak.fetch_add(1, Ordering::Relaxed);
+                let unreachable = matches!(failure, Failure::Connect(_) | Failure::Broken(_));
+                if unreachable && b.passive_failure(snap.passive_threshold) {
+                    tracing::warn!(
+                        backend = name,
+                        failures = snap.passive_threshold,
+                        "backend is down (passive: requests failed in a row)"
+                    );
+                }
+                let (err, again) = match failure {
+                    Failure::Connect(source) => (
                         ProxyError::Connect {
                             backend: name.to_string(),
                             source,
-                        }
+                        },
+                        request,
+                    ),
+                    Failure::Broken(source) => {
+                        let again = replay.as_ref().map(Replay::build);
+                        (
+                            ProxyError::Upstream {
+                                backend: name.to_string(),
+                                source,
+                            },
+                            again,
+                        )
                     }
-                    Failure::Broken(source) => ProxyError::Upstream {
-                        backend: name.to_string(),
-                        source,
-                    },
-                    Failure::Timeout => ProxyError::Timeout {
-                        backend: name.to_string(),
-                    },
+                    Failure::Timeout => (
+                        ProxyError::Timeout {
+                            backend: name.to_string(),
+                        },
+                        None,
+                    ),
                 };
-                let retry = match (request, attempt) {
-                    (Some(r), 0) if err.retry_safe() => next_backend(snap, &plan).map(|n| (r, n)),
+                let retry = match (again, attempt) {
+                    (Some(r), 0) => next_backend(snap, &plan).map(|n| (r, n)),
                     _ => None,
                 };
                 let Some((mut r, next)) = retry else {
-                    return Err((err, Some(name)));
+                    return Err((err, Some(b)));
                 };
                 tracing::warn!(backend = name, peer = %conn.peer, error = %err, "retrying on the next backend");
                 attempt += 1;
                 plan.backend = next;
                 if snap.sticky {
+                    if plan.state != SessionState::New {
+                        shared.metrics.pin_lost(PinLost::BackendDown);
+                    }
                     plan.state = SessionState::Failover;
                     headers::set_session_state(r.headers_mut(), plan.state);
                     repin_after_retry(shared, snap, &mut plan, now).await;
@@ -219,7 +348,8 @@ async fn proxy<'s>(
         // sides and never return it to the pool.
         drop((lease, body));
         if let Some(client_upgrade) = client_upgrade {
-            tokio::spawn(splice(client_upgrade, upstream_upgrade));
+            let tracked = shared.upgrades.enter();
+            tokio::spawn(splice(client_upgrade, upstream_upgrade, tracked));
         }
         Body::empty()
     } else if http_body::Body::is_end_stream(&body) {
@@ -233,23 +363,48 @@ async fn proxy<'s>(
     };
     Ok((
         Response::from_parts(parts, body),
-        Some(backend.name.to_string()),
+        Some(backend.clone()),
         Some(plan.state),
     ))
 }
 
-/// Copies bytes both ways between an upgraded client and backend until either side closes.
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Copies bytes both ways between an upgraded client and backend until
+/// either side closes, or shutdown closes it.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    (_guard, mut close): (UpgradeGuard, watch::Receiver<bool>),
+) {
     match tokio::try_join!(client, upstream) {
         Ok((c, u)) => {
             let mut c = hyper_util::rt::TokioIo::new(c);
             let mut u = hyper_util::rt::TokioIo::new(u);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!(error = %e, "upgraded connection closed with an error");
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upgraded connection closed with an error");
+                    }
+                }
+                _ = close.wait_for(|c| *c) => {
+                    tracing::debug!("upgraded connection closed at the end of shutdown grace");
+                }
             }
         }
         Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
     }
+}
+
+/// RFC 9110 section 9.2.2: methods whose repetition has the same effect.
+fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
 }
 
 /// The ring key of a tether session id: its first 64 random bits.
@@ -315,10 +470,12 @@ async fn sticky_plan(
             adopt,
         } = standing
         else {
-            let state = if standing == Standing::Fresh {
-                SessionState::New
-            } else {
-                SessionState::Expired
+            let state = match standing {
+                Standing::Over(reason) => {
+                    shared.metrics.pin_lost(lost_by_timeout(reason));
+                    SessionState::Expired
+                }
+                _ => SessionState::New,
             };
             return mint(shared, snap, state, now);
         };
@@ -328,7 +485,8 @@ async fn sticky_plan(
             Some(i) if snap.backends[i].eligible_for_existing() => (SessionState::Continued, i),
             gone => {
                 let j = snap.balancer.failover(ring_key, gone, &snap.backends)?;
-                tracing::info!(
+                shared.metrics.pin_lost(lost_backend(snap, gone));
+                tracing::debug!(
                     from = gone.map_or("(removed)", |g| &*snap.backends[g].name),
                     to = &*snap.backends[j].name,
                     "session failed over"
@@ -346,7 +504,9 @@ async fn sticky_plan(
                 created_ms,
                 seen_ms: now,
             };
-            let _ = shared.store.insert(key, rec).await;
+            if shared.store.insert(key, rec).await == Insert::Full {
+                shared.metrics.store_full();
+            }
         }
         let send_cookie = state == SessionState::Failover
             || session::needs_refresh(&c, now, t)
@@ -393,6 +553,7 @@ async fn sticky_plan(
             Some(i) if snap.backends[i].eligible_for_existing() => (SessionState::Continued, i),
             gone => {
                 let j = snap.balancer.failover(ring_key, gone, &snap.backends)?;
+                shared.metrics.pin_lost(lost_backend(snap, gone));
                 shared.store.repin(key, snap.backends[j].id, now).await;
                 (SessionState::Failover, j)
             }
@@ -409,10 +570,12 @@ async fn sticky_plan(
                 seen_ms: now,
             };
             let _ = shared.store.insert(key, rec).await;
-            let state = if fresh_or_over == Standing::Fresh {
-                SessionState::New
-            } else {
-                SessionState::Expired
+            let state = match fresh_or_over {
+                Standing::Over(reason) => {
+                    shared.metrics.pin_lost(lost_by_timeout(reason));
+                    SessionState::Expired
+                }
+                _ => SessionState::New,
             };
             (state, i)
         }

@@ -80,6 +80,8 @@ pub struct Snapshot {
     pub max_header_bytes: usize,
     /// One log line per request.
     pub access_log: bool,
+    /// Failed requests in a row that mark a backend down (`health.fall`).
+    pub passive_threshold: u32,
 }
 
 impl Snapshot {
@@ -117,7 +119,7 @@ impl Snapshot {
                     if let Some(o) =
                         previous.and_then(|p| p.backends.iter().find(|o| *o.name == *b.name))
                     {
-                        fresh.set_state(o.state());
+                        fresh.inherit(o);
                     }
                     backends.push(Arc::new(fresh));
                     upstreams.push(Arc::new(upstream::Pool::new(b.address)));
@@ -187,6 +189,7 @@ impl Snapshot {
             balance_factor: s.balance_factor,
             max_header_bytes: config.limits.max_header_bytes,
             access_log: config.log.access,
+            passive_threshold: config.health.fall,
             config,
         }
     }

@@ -18,7 +18,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::OnEnd;
+use crate::body::{Body, OnEnd};
 
 /// Idle connections kept per backend; more are closed when released.
 /// Enough for the concurrency one core can drive; backends cap it too.
@@ -50,20 +50,48 @@ pub struct SendError {
     /// What went wrong.
     pub failure: Failure,
     /// The untouched request, present only if nothing reached the backend.
-    pub request: Option<Request<Incoming>>,
+    pub request: Option<Request<Body>>,
+}
+
+/// What is needed to send an idempotent, bodiless request again.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    /// Captures a request head for replay.
+    pub fn new(parts: &http::request::Parts) -> Replay {
+        Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        }
+    }
+
+    /// A fresh copy of the request, with an empty body.
+    pub fn build(&self) -> Request<Body> {
+        let mut r = Request::new(Body::empty());
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
 }
 
 /// Keep-alive connections to one backend.
 #[derive(Debug)]
 pub struct Pool {
     addr: SocketAddr,
-    idle: Mutex<Vec<http1::SendRequest<Incoming>>>,
+    idle: Mutex<Vec<http1::SendRequest<Body>>>,
 }
 
 /// Returns a connection to its pool once the response body is fully read.
 pub struct Lease {
     pool: Arc<Pool>,
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<Body>,
 }
 
 impl OnEnd for Lease {
@@ -87,7 +115,7 @@ impl Pool {
         self.addr
     }
 
-    fn checkout(&self) -> Option<http1::SendRequest<Incoming>> {
+    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(s) = idle.pop() {
             if !s.is_closed() {
@@ -97,7 +125,7 @@ impl Pool {
         None
     }
 
-    fn release(&self, sender: http1::SendRequest<Incoming>) {
+    fn release(&self, sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
@@ -112,7 +140,7 @@ impl Pool {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
-    async fn connect(&self, t: &Timeouts) -> Result<http1::SendRequest<Incoming>, io::Error> {
+    async fn connect(&self, t: &Timeouts) -> Result<http1::SendRequest<Body>, io::Error> {
         let stream = match tokio::time::timeout(t.connect, TcpStream::connect(self.addr)).await {
             Ok(s) => s?,
             Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
@@ -134,16 +162,22 @@ impl Pool {
     /// the response and a [`Lease`] to fire when the body ends (or drop).
     ///
     /// # Errors
-    /// [`Failure::Connect`] hands the request back (nothing was sent); a stale
-    /// pooled connection is retried on a fresh one without the caller noticing.
+    /// [`Failure::Connect`] hands the request back (nothing was sent). A
+    /// pooled connection that turns out dead is replaced by a fresh one
+    /// without the caller noticing: at once if the request was never
+    /// written, and, for a `replay`able request, also if the backend closed
+    /// the kept-alive connection before answering (the keep-alive race).
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
+        replay: Option<&Replay>,
         t: &Timeouts,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let mut fresh_only = false;
         // Each stale pooled connection is discarded; the loop ends on a fresh one.
         loop {
-            let (mut sender, pooled) = match self.checkout() {
+            let pooled_sender = if fresh_only { None } else { self.checkout() };
+            let (mut sender, pooled) = match pooled_sender {
                 Some(s) => (s, true),
                 None => match self.connect(t).await {
                     Ok(s) => (s, false),
@@ -183,12 +217,18 @@ impl Pool {
                             request: Some(r),
                         })
                     }
-                    None => {
-                        return Err(SendError {
-                            failure: Failure::Broken(e.into_error()),
-                            request: None,
-                        })
-                    }
+                    None => match replay {
+                        Some(r) if pooled => {
+                            fresh_only = true;
+                            req = r.build();
+                        }
+                        _ => {
+                            return Err(SendError {
+                                failure: Failure::Broken(e.into_error()),
+                                request: None,
+                            })
+                        }
+                    },
                 },
             }
         }

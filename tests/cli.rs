@@ -64,6 +64,94 @@ fn run_refuses_a_bad_file_without_starting() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("backend"));
 }
 
+/// Starts the binary on `config`, returns it and the addresses it logged
+/// ("listening" lines, in order: proxy listeners, then the admin API).
+fn spawn_tether(
+    config: &std::path::Path,
+) -> (
+    std::process::Child,
+    Vec<std::net::SocketAddr>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut child = tether()
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addrs = vec![];
+    while addrs.len() < 2 {
+        let line = rx.recv_timeout(HANG).expect("tether logs its addresses");
+        if line.contains("listening") {
+            let a = line
+                .split("addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
+            addrs.push(a.parse().unwrap());
+        }
+    }
+    (child, addrs, rx)
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file_and_refuses_a_broken_one() {
+    let a = Backend::start("app1").await;
+    let b = Backend::start("app2").await;
+    let admin_section = "\n[admin]\nbind = \"127.0.0.1:0\"\n";
+    let p = write_config("hup", &(config("", &[&a]) + admin_section));
+    let (mut child, addrs, logs) = spawn_tether(&p);
+    let (proxy, adm) = (addrs[0], addrs[1]);
+    assert_eq!(backends(adm).await.len(), 1);
+    std::fs::write(&p, config("", &[&a, &b]) + admin_section).unwrap();
+    signal(&child, "-HUP");
+    let deadline = std::time::Instant::now() + HANG;
+    while backends(adm).await.len() != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not add the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(&p, "[[listener]]\nbind = 12\n").unwrap();
+    signal(&child, "-HUP");
+    let refused = loop {
+        let line = logs
+            .recv_timeout(HANG)
+            .expect("a log line about the refused reload");
+        if line.contains("reload refused") {
+            break line;
+        }
+    };
+    assert!(refused.contains("tether.toml:2:"), "{refused}");
+    assert_eq!(backends(adm).await.len(), 2, "the old config stays");
+    assert_eq!(plain_get(proxy, "/", &[]).await.status, 200);
+    signal(&child, "-TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let a = Backend::start("app1").await;

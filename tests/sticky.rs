@@ -285,7 +285,7 @@ async fn adding_a_backend_moves_no_session() {
         None,
     )
     .unwrap();
-    t.running().apply(grown);
+    t.running().apply(grown).expect("reload applies");
     for (s, home) in &mut sessions {
         let r = s.get("/").await;
         assert_eq!(&r.backend(), home, "a pin moved when a backend was added");

@@ -178,6 +178,15 @@ pub enum Store {
     Memory(MemoryStore),
 }
 
+impl Store {
+    /// The config's name for this store.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+        }
+    }
+}
+
 impl SessionStore for Store {
     async fn get_touch(&self, key: SessionKey, now_ms: u64) -> Found {
         match self {

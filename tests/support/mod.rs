@@ -38,6 +38,7 @@ pub fn repo() -> PathBuf {
 /// - `/count`: reads the request body, answers with its length
 /// - `/bytes/N`: streams N bytes
 /// - `/ws`: 101 upgrade, then echoes raw bytes
+/// - `/healthz`: 200, not counted in `hits`
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
@@ -104,6 +105,10 @@ impl Drop for Backend {
 }
 
 async fn answer(name: &str, hits: &AtomicU64, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    // Health probes are not traffic: they do not count as hits.
+    if req.uri().path() == "/healthz" {
+        return Response::new(Full::new(Bytes::from_static(b"ok")));
+    }
     hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     let mut headers = BTreeMap::new();
@@ -205,6 +210,58 @@ impl Tether {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+    }
+}
+
+/// A request to the admin listener: (status, body).
+pub async fn admin(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, String) {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let r = send(addr, Proto::Plain, b.body(Full::new(Bytes::new())).unwrap()).await;
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+/// `GET /api/backends` as (name, state, sessions).
+pub async fn backends(addr: SocketAddr) -> Vec<(String, String, u64)> {
+    let (s, body) = admin(addr, "GET", "/api/backends", None).await;
+    assert_eq!(s, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+                b["sessions"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `GET /api/backends` until `name` is in `state`.
+pub async fn wait_state(admin_addr: SocketAddr, name: &str, state: &str) {
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let all = backends(admin_addr).await;
+        if all.iter().any(|(n, s, _)| n == name && s == state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never became {state}: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -1,0 +1,196 @@
+//! Live reload: SIGHUP (or a test) asks, and certificate files that change
+//! on disk are picked up by themselves. Load → validate → build a new
+//! Snapshot (backend status carried over by name) → swap. An invalid file is
+//! refused with a logged error and the old config keeps serving.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{self, Config, ConfigError};
+use crate::health::{Checker, OnProbe};
+use crate::service::Shared;
+use crate::snapshot::{Names, Snapshot};
+use crate::store::SessionStore;
+use crate::tls::{self, CertResolver, TlsError};
+
+/// How often certificate files are looked at for changes.
+pub const CERT_POLL: Duration = Duration::from_millis(500);
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The new certificate does not load.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// Everything a reload touches.
+pub struct Control {
+    /// The request path's shared state.
+    pub shared: Arc<Shared>,
+    /// Backend name interner (ids survive reloads).
+    pub names: Names,
+    /// The secret generated at start when the config had none.
+    pub generated_secret: Vec<u8>,
+    /// The TLS certificate resolver, when TLS is on.
+    pub resolver: Option<Arc<CertResolver>>,
+    /// Health probes, re-synced to the new backend set.
+    pub checker: Mutex<Checker>,
+    /// Health probe hook (metrics).
+    pub on_probe: OnProbe,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// The effective secret for a config.
+    pub fn secret_for<'a>(&'a self, c: &'a Config) -> &'a [u8] {
+        if c.session.secrets.current.is_empty() {
+            &self.generated_secret
+        } else {
+            &c.session.secrets.current
+        }
+    }
+
+    /// Reads the config file the server started from and applies it.
+    ///
+    /// # Errors
+    /// The file is invalid or its certificate does not load; nothing changed.
+    pub fn reload_file(&self) -> Result<(), ReloadError> {
+        let path = self.shared.snapshot.load().config.path.clone();
+        let next = config::load(&path)?;
+        self.apply(next)
+    }
+
+    /// Applies a validated config: new snapshot, store timeouts, certificate,
+    /// health probes. Settings that need a restart are reported and kept.
+    ///
+    /// # Errors
+    /// The certificate does not load; nothing changed.
+    pub fn apply(&self, mut next: Config) -> Result<(), ReloadError> {
+        let prev = self.shared.snapshot.load_full();
+        let old = &prev.config;
+        let mut fixed = Vec::new();
+        if listeners_differ(old, &next) {
+            fixed.push("[[listener]]");
+            next.listeners = old.listeners.clone();
+        }
+        if old.store.kind != next.store.kind
+            || old.store.url != next.store.url
+            || old.store.max_sessions != next.store.max_sessions
+        {
+            fixed.push("[store]");
+            next.store = old.store.clone();
+        }
+        if old.runtime.worker_threads != next.runtime.worker_threads {
+            fixed.push("[runtime]");
+        }
+        if old.admin.as_ref().map(|a| a.bind) != next.admin.as_ref().map(|a| a.bind) {
+            fixed.push("[admin] bind");
+        }
+        if !fixed.is_empty() {
+            tracing::warn!(sections = ?fixed, "these settings need a restart; kept the running values");
+        }
+        let cert = match (&self.resolver, &next.tls) {
+            (Some(_), Some(t)) => Some(tls::certified_key(t.certs.clone(), t.key.clone_key())?),
+            _ => None,
+        };
+
+        let secret = self.secret_for(&next).to_vec();
+        let snapshot = Arc::new(Snapshot::build(
+            Arc::new(next),
+            &self.names,
+            &secret,
+            Some(&prev),
+        ));
+        let cfg = snapshot.config.clone();
+        self.shared.snapshot.store(snapshot.clone());
+        self.shared
+            .store
+            .set_timeouts(cfg.session.idle_timeout, cfg.session.absolute_timeout);
+        if let (Some(r), Some(c)) = (&self.resolver, cert) {
+            r.replace(c);
+        }
+        self.checker.lock().unwrap_or_else(|e| e.into_inner()).sync(
+            &snapshot.backends,
+            &cfg.health,
+            &self.on_probe,
+        );
+        let names: Vec<&str> = snapshot.backends.iter().map(|b| &*b.name).collect();
+        tracing::info!(backends = ?names, "configuration reloaded");
+        Ok(())
+    }
+}
+
+fn listeners_differ(a: &Config, b: &Config) -> bool {
+    a.listeners.len() != b.listeners.len()
+        || a.listeners
+            .iter()
+            .zip(&b.listeners)
+            .any(|(x, y)| x.bind != y.bind || x.tls != y.tls)
+}
+
+fn stamp(p: &PathBuf) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Watches the certificate and key files and swaps the served certificate
+/// when both load; a half-written pair is retried on the next look. Runs
+/// until the task is dropped or aborted.
+pub async fn watch_certificates(ctl: Arc<Control>) {
+    let Some(resolver) = ctl.resolver.clone() else {
+        return;
+    };
+    let paths = |ctl: &Control| {
+        let s = ctl.shared.snapshot.load();
+        s.config
+            .tls
+            .as_ref()
+            .map(|t| (t.cert_path.clone(), t.key_path.clone()))
+    };
+    let mut last = paths(&ctl).map(|(c, k)| (stamp(&c), stamp(&k)));
+    let mut warned = None;
+    let mut tick = tokio::time::interval(CERT_POLL);
+    loop {
+        tick.tick().await;
+        let Some((cert, key)) = paths(&ctl) else {
+            continue;
+        };
+        let now = Some((stamp(&cert), stamp(&key)));
+        if now == last {
+            continue;
+        }
+        let loaded = (|| {
+            let certs = CertificateDer::pem_file_iter(&cert)
+                .map_err(|e| e.to_string())?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| e.to_string())?;
+            tls::certified_key(certs, key).map_err(|e| e.to_string())
+        })();
+        match loaded {
+            Ok(ck) => {
+                resolver.replace(ck);
+                last = now;
+                tracing::info!(cert = %cert.display(), "certificate file changed: now serving the new certificate");
+            }
+            Err(e) if warned != now => {
+                warned = now;
+                tracing::warn!(cert = %cert.display(), error = %e, "certificate files changed but do not load yet; still serving the old certificate")
+            }
+            Err(_) => {}
+        }
+    }
+}
