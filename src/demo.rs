@@ -29,6 +29,8 @@ const DEMO_KEY: &[u8] = include_bytes!("../certs/localhost.key");
 pub const STICKY_PORT: u16 = 8443;
 /// Rotating proxy port.
 pub const ROTATE_PORT: u16 = 8444;
+/// Admin API and status page of the sticky proxy.
+pub const ADMIN_PORT: u16 = 9901;
 
 /// Starts a demo backend on 127.0.0.1 (ephemeral port) that answers every
 /// request with its name and the session state tether reported. `/login`
@@ -88,13 +90,15 @@ fn answer(name: &str, n: u64, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-/// The demo's config: `mode` sticky or rotate, on `port`, with the embedded certificate.
+/// The demo's config: `mode` sticky or rotate, on `port`, with the embedded
+/// certificate, and an admin listener on `admin_port` if given.
 ///
 /// # Errors
 /// Only if the embedded text or certificate were broken (a build problem).
 pub fn demo_config(
     mode: &str,
     port: u16,
+    admin_port: Option<u16>,
     backends: &[(&str, SocketAddr)],
 ) -> Result<Config, String> {
     let mut text = format!(
@@ -102,6 +106,9 @@ pub fn demo_config(
          [session]\nmode = \"{mode}\"\nidle_timeout = \"15s\"\nabsolute_timeout = \"1h\"\n\
          secret = \"tether-demo-secret: not for production\"\n\n[log]\naccess = true\n"
     );
+    if let Some(p) = admin_port {
+        text.push_str(&format!("\n[admin]\nbind = \"127.0.0.1:{p}\"\n"));
+    }
     for (name, addr) in backends {
         text.push_str(&format!(
             "\n[[backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
@@ -135,10 +142,10 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), String> {
         let addr = spawn_backend(n).await.map_err(|e| e.to_string())?;
         backends.push((n, addr));
     }
-    let sticky = server::start(demo_config("sticky", STICKY_PORT, &backends)?)
+    let sticky = server::start(demo_config("sticky", STICKY_PORT, Some(ADMIN_PORT), &backends)?)
         .await
         .map_err(|e| format!("{e} (is another tether demo running?)"))?;
-    let rotate = server::start(demo_config("rotate", ROTATE_PORT, &backends)?)
+    let rotate = server::start(demo_config("rotate", ROTATE_PORT, None, &backends)?)
         .await
         .map_err(|e| e.to_string())?;
     println!("{}", walkthrough());
@@ -175,6 +182,14 @@ Try, in another terminal:
   curl -k -c /tmp/tether.jar -b /tmp/tether.jar -i https://localhost:{STICKY_PORT}/logout
   # HTTP/2 works too:
   curl -k --http2 -b /tmp/tether.jar https://localhost:{STICKY_PORT}/ -w '%{{http_version}}\n'
+
+The operator's side (admin API of the sticky proxy):
+  open http://127.0.0.1:{ADMIN_PORT}/                       # status page
+  curl http://127.0.0.1:{ADMIN_PORT}/api/backends           # backends, state, live sessions
+  curl -X POST http://127.0.0.1:{ADMIN_PORT}/api/backends/demo-app1/drain    # no new sessions there
+  curl http://127.0.0.1:{ADMIN_PORT}/api/backends/demo-app1/drained          # 200 once empty
+  curl -X POST http://127.0.0.1:{ADMIN_PORT}/api/backends/demo-app1/enable
+  curl -s http://127.0.0.1:{ADMIN_PORT}/metrics | grep tether_session
 
 Ctrl-C stops the demo.
 "#
