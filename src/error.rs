@@ -39,6 +39,9 @@ pub enum ProxyError {
     /// A bound session's cookie came from another client and `on_mismatch = "reject"`.
     #[error("session cookie presented by a different client")]
     Forbidden,
+    /// The client paused its request body longer than `timeouts.client_body`.
+    #[error("client request body stalled")]
+    BodyTimeout,
     /// Over a rate limit.
     #[error("rate limited")]
     RateLimited {
@@ -81,6 +84,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -94,6 +98,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::HeadTooLarge { .. }
             | ProxyError::Forbidden
+            | ProxyError::BodyTimeout
             | ProxyError::RateLimited { .. } => Fault::Client,
             ProxyError::NoBackend => Fault::Proxy,
             ProxyError::Connect { .. }
@@ -118,6 +123,7 @@ impl ProxyError {
                 match other {
                     ProxyError::HeadTooLarge { .. } => "request header fields too large",
                     ProxyError::Forbidden => "session belongs to another client",
+                    ProxyError::BodyTimeout => "request body timeout",
                     ProxyError::RateLimited { .. } => "too many requests",
                     ProxyError::NoBackend => "no backend available",
                     ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "bad gateway",
@@ -142,7 +148,10 @@ impl ProxyError {
             }
             _ => {}
         }
-        if self.status() == StatusCode::BAD_REQUEST {
+        if matches!(
+            self.status(),
+            StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT
+        ) {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp

@@ -35,6 +35,7 @@ pub mod demo;
 pub mod error;
 pub mod headers;
 pub mod health;
+pub mod limits;
 pub mod listener;
 pub mod log;
 pub mod metrics;

@@ -72,7 +72,11 @@ impl Listener {
                 let metrics = shared.metrics.clone();
                 metrics.connection_opened();
                 let snap = shared.snapshot.load();
-                let limits = (snap.config.timeouts.client_header, snap.max_header_bytes);
+                // hyper starts its head timer as soon as it waits for a
+                // request, idle keep-alive time included: so the one timer
+                // enforces both limits, at the shorter of the two.
+                let t = &snap.config.timeouts;
+                let limits = (t.client_header.min(t.keepalive), snap.max_header_bytes);
                 drop(snap);
                 let info = ConnInfo {
                     peer,

@@ -49,6 +49,10 @@ pub const TLS_HANDSHAKES_TOTAL: &str = "tether_tls_handshakes_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "tether_tls_handshake_failures_total";
 /// Counter: new sessions the store refused because it held `max_sessions`.
 pub const STORE_FULL_TOTAL: &str = "tether_store_full_total";
+/// Counter: cookies of bound sessions presented by another client.
+pub const BINDING_MISMATCHES_TOTAL: &str = "tether_binding_mismatches_total";
+/// Counter: requests refused with 429, by `limit`.
+pub const RATE_LIMITED_TOTAL: &str = "tether_rate_limited_total";
 /// Gauge: seconds since this process started serving.
 pub const UPTIME_SECONDS: &str = "tether_uptime_seconds";
 /// Gauge: always 1; carries the version as a label.
@@ -228,6 +232,9 @@ pub struct Metrics {
     tls_handshakes: AtomicU64,
     tls_failures: AtomicU64,
     store_full: AtomicU64,
+    binding_mismatches: AtomicU64,
+    /// [session, new_session]
+    rate_limited: [AtomicU64; 2],
 }
 
 impl Default for Metrics {
@@ -254,6 +261,8 @@ impl Metrics {
             tls_handshakes: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
             store_full: AtomicU64::new(0),
+            binding_mismatches: AtomicU64::new(0),
+            rate_limited: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
@@ -335,7 +344,17 @@ impl Metrics {
         }
     }
 
-    /// Counts one new session refused because the store was full.
+    /// A bound session's cookie came back from another client.
+    pub fn binding_mismatch(&self) {
+        self.binding_mismatches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request refused with 429; `new_session` says which limit.
+    pub fn rate_limited(&self, new_session: bool) {
+        self.rate_limited[usize::from(new_session)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A new session could not be stored: the store is at `max_sessions`.
     pub fn store_full(&self) {
         self.store_full.fetch_add(1, Ordering::Relaxed);
     }
@@ -455,6 +474,32 @@ impl Metrics {
             &[],
             &load(&self.store_full).to_string(),
         );
+        family(
+            o,
+            BINDING_MISMATCHES_TOTAL,
+            "counter",
+            "Bound session cookies presented by a client whose traits differ.",
+        );
+        line(
+            o,
+            BINDING_MISMATCHES_TOTAL,
+            &[],
+            &load(&self.binding_mismatches).to_string(),
+        );
+        family(
+            o,
+            RATE_LIMITED_TOTAL,
+            "counter",
+            "Requests refused with 429, by limit.",
+        );
+        for (limit, n) in ["session", "new_session"].iter().zip(&self.rate_limited) {
+            line(
+                o,
+                RATE_LIMITED_TOTAL,
+                &[("limit", limit)],
+                &load(n).to_string(),
+            );
+        }
 
         family(
             o,

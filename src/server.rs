@@ -119,6 +119,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         clock,
         metrics: metrics.clone(),
         upgrades: Arc::new(Upgrades::default()),
+        mismatch_logged: Default::default(),
     });
     let on_probe: OnProbe = Arc::new(move |b, ok| metrics.health_check(b.id.0 as usize, ok));
     let control = Arc::new(Control {
@@ -191,6 +192,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if resolver.is_some() {
         background.push(tokio::spawn(reload::watch_certificates(control.clone())));
     }
+    // Rate limiters forget idle clients once a second (bounded memory).
+    let reclaim = shared.clone();
+    background.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let limits = reclaim.snapshot.load().limits.clone();
+            if limits.active() {
+                limits.reclaim();
+            }
+        }
+    }));
     Ok(Running {
         control,
         addrs,

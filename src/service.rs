@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{COOKIE, HOST};
+use http::header::{COOKIE, HOST, USER_AGENT};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::sync::{watch, Notify};
 
 use crate::backends::{Backend, State as BackendState};
-use crate::body::{Body, OnEnd};
+use crate::body::{Body, BodyWatch, OnEnd, BODY_BROKEN, BODY_STALLED};
 use crate::clock::Clock;
 use crate::error::ProxyError;
 use crate::headers;
@@ -41,6 +41,27 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Upgraded (WebSocket) connections, which outlive their HTTP exchange.
     pub upgrades: Arc<Upgrades>,
+    /// Sessions whose binding mismatch was already logged (bounded).
+    pub mismatch_logged: std::sync::Mutex<std::collections::HashSet<u128>>,
+}
+
+/// Mismatch warnings remembered before the set starts over.
+const MISMATCH_LOG_MEMORY: usize = 65_536;
+
+impl Shared {
+    /// Logs a binding mismatch once per session (never the cookie value).
+    fn warn_mismatch_once(&self, id: SessionId, peer: SocketAddr) {
+        let mut seen = self
+            .mismatch_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MISMATCH_LOG_MEMORY {
+            seen.clear();
+        }
+        if seen.insert(id.as_u128()) {
+            tracing::warn!(%peer, "session cookie presented by a client it is not bound to");
+        }
+    }
 }
 
 /// Tracks upgraded connections so shutdown can wait for them, then close
@@ -237,16 +258,20 @@ async fn proxy<'s>(
 
     let now = shared.clock.now_ms();
     let mut plan = if snap.sticky {
-        sticky_plan(shared, snap, &req, now).await
+        sticky_plan(shared, snap, conn, &req, now)
+            .await
+            .map_err(|e| (e, None))?
     } else {
-        snap.balancer.rotate(&snap.backends).map(|b| Plan {
-            state: SessionState::Rotated,
-            backend: b,
-            ring_key: 0,
-            session: Sess::None,
-        })
-    }
-    .ok_or((ProxyError::NoBackend, None))?;
+        snap.balancer
+            .rotate(&snap.backends)
+            .map(|b| Plan {
+                state: SessionState::Rotated,
+                backend: b,
+                ring_key: 0,
+                session: Sess::None,
+            })
+            .ok_or((ProxyError::NoBackend, None))?
+    };
 
     let client_upgrade = headers::wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -258,7 +283,18 @@ async fn proxy<'s>(
     // after its bytes may have reached a backend.
     let replay = (is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body))
         .then(|| Replay::new(&parts));
-    let mut req = Request::from_parts(parts, Body::stream(body));
+    let watch = Arc::new(BodyWatch::default());
+    let body = if http_body::Body::is_end_stream(&body) {
+        Body::stream(body)
+    } else {
+        Body::Request {
+            inner: body,
+            watch: watch.clone(),
+            pause: snap.client_body,
+            timer: None,
+        }
+    };
+    let mut req = Request::from_parts(parts, body);
 
     // First attempt; one retry elsewhere if that is safe.
     let mut attempt = 0;
@@ -278,8 +314,18 @@ async fn proxy<'s>(
                 break ok;
             }
             Err(SendError { failure, request }) => {
-                b.failures.fetch_add(1, Ordering::Relaxed);
                 let name = &*b.name;
+                match (watch.get(), &failure) {
+                    // The client's body broke or stalled: its fault, not the backend's.
+                    (BODY_BROKEN, Failure::Broken(_)) => {
+                        return Err((ProxyError::BadRequest("malformed request body"), Some(b)));
+                    }
+                    (BODY_STALLED, Failure::Broken(_)) => {
+                        return Err((ProxyError::BodyTimeout, Some(b)));
+                    }
+                    _ => {}
+                }
+                b.failures.fetch_add(1, Ordering::Relaxed);
                 let unreachable = matches!(failure, Failure::Connect(_) | Failure::Broken(_));
                 if unreachable && b.passive_failure(snap.passive_threshold) {
                     tracing::warn!(
@@ -417,15 +463,27 @@ fn ring_key_of(id: SessionId) -> u64 {
 /// with bounded load. It enters the store only when its cookie first comes
 /// back (the cookie alone routes it until then), so clients that never
 /// return cookies cannot fill the store.
-fn mint(shared: &Shared, snap: &Snapshot, state: SessionState, now: u64) -> Option<Plan> {
+fn mint(
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: ConnInfo,
+    binding: u64,
+    state: SessionState,
+    now: u64,
+) -> Result<Plan, ProxyError> {
+    if let Err(retry_after_secs) = snap.limits.new_session(conn.peer.ip()) {
+        shared.metrics.rate_limited(true);
+        return Err(ProxyError::RateLimited { retry_after_secs });
+    }
     let id = SessionId::random();
     let ring_key = ring_key_of(id);
     let i = snap
         .balancer
         .pick_new(ring_key, &snap.backends, snap.balance_factor, |b| {
             shared.store.sessions_on(b.id)
-        })?;
-    Some(Plan {
+        })
+        .ok_or(ProxyError::NoBackend)?;
+    Ok(Plan {
         state,
         backend: i,
         ring_key,
@@ -435,7 +493,7 @@ fn mint(shared: &Shared, snap: &Snapshot, state: SessionState, now: u64) -> Opti
                 backend: snap.backends[i].tag,
                 issued_ms: now,
                 seen_ms: now,
-                binding: 0,
+                binding,
             },
             send_cookie: true,
             stored: false,
@@ -446,16 +504,37 @@ fn mint(shared: &Shared, snap: &Snapshot, state: SessionState, now: u64) -> Opti
 async fn sticky_plan(
     shared: &Shared,
     snap: &Snapshot,
+    conn: ConnInfo,
     req: &Request<Incoming>,
     now: u64,
-) -> Option<Plan> {
+) -> Result<Plan, ProxyError> {
     let t = snap.timeouts;
     if let KeySource::Cookie(name) = &snap.source {
+        let binding = snap.binder.as_ref().map_or(0, |b| {
+            b.digest(
+                conn.peer.ip(),
+                req.headers().get(USER_AGENT).map(|v| v.as_bytes()),
+            )
+        });
         let claims = find_cookie(req.headers().get_all(COOKIE).iter(), name)
             .and_then(|v| snap.codec.decode(v));
         let Some(c) = claims else {
-            return mint(shared, snap, SessionState::New, now);
+            return mint(shared, snap, conn, binding, SessionState::New, now);
         };
+        if c.binding != binding {
+            // Someone else's cookie (or one minted before bind_to was set):
+            // never honoured, and the owner's session is left alone.
+            shared.metrics.binding_mismatch();
+            shared.warn_mismatch_once(c.id, conn.peer);
+            if snap.reject_mismatch {
+                return Err(ProxyError::Forbidden);
+            }
+            return mint(shared, snap, conn, binding, SessionState::New, now);
+        }
+        if let Err(retry_after_secs) = snap.limits.session(c.id.as_u128()) {
+            shared.metrics.rate_limited(false);
+            return Err(ProxyError::RateLimited { retry_after_secs });
+        }
         let standing = match session::cookie_over(&c, now, t) {
             Some(reason) => Standing::Over(reason),
             None => {
@@ -477,14 +556,17 @@ async fn sticky_plan(
                 }
                 _ => SessionState::New,
             };
-            return mint(shared, snap, state, now);
+            return mint(shared, snap, conn, binding, state, now);
         };
         let key = SessionKey(c.id.as_u128());
         let ring_key = ring_key_of(c.id);
         let (state, i) = match resolve(snap, pin) {
             Some(i) if snap.backends[i].eligible_for_existing() => (SessionState::Continued, i),
             gone => {
-                let j = snap.balancer.failover(ring_key, gone, &snap.backends)?;
+                let j = snap
+                    .balancer
+                    .failover(ring_key, gone, &snap.backends)
+                    .ok_or(ProxyError::NoBackend)?;
                 shared.metrics.pin_lost(lost_backend(snap, gone));
                 tracing::debug!(
                     from = gone.map_or("(removed)", |g| &*snap.backends[g].name),
@@ -517,7 +599,7 @@ async fn sticky_plan(
             seen_ms: if send_cookie { now } else { c.seen_ms },
             ..c
         };
-        return Some(Plan {
+        return Ok(Plan {
             state,
             backend: i,
             ring_key,
@@ -538,8 +620,9 @@ async fn sticky_plan(
             .balancer
             .pick_new(ring_key, &snap.backends, snap.balance_factor, |b| {
                 shared.store.sessions_on(b.id)
-            })?;
-        return Some(Plan {
+            })
+            .ok_or(ProxyError::NoBackend)?;
+        return Ok(Plan {
             state: SessionState::New,
             backend: i,
             ring_key,
@@ -547,23 +630,35 @@ async fn sticky_plan(
         });
     };
     let (key, ring_key) = snap.app_digest.digest(value);
+    if let Err(retry_after_secs) = snap.limits.session(key.0) {
+        shared.metrics.rate_limited(false);
+        return Err(ProxyError::RateLimited { retry_after_secs });
+    }
     let found = shared.store.get_touch(key, now).await;
     let (state, i) = match session::standing_for_app_key(found) {
         Standing::Live { pin, .. } => match resolve(snap, pin) {
             Some(i) if snap.backends[i].eligible_for_existing() => (SessionState::Continued, i),
             gone => {
-                let j = snap.balancer.failover(ring_key, gone, &snap.backends)?;
+                let j = snap
+                    .balancer
+                    .failover(ring_key, gone, &snap.backends)
+                    .ok_or(ProxyError::NoBackend)?;
                 shared.metrics.pin_lost(lost_backend(snap, gone));
                 shared.store.repin(key, snap.backends[j].id, now).await;
                 (SessionState::Failover, j)
             }
         },
         fresh_or_over => {
+            if let Err(retry_after_secs) = snap.limits.new_session(conn.peer.ip()) {
+                shared.metrics.rate_limited(true);
+                return Err(ProxyError::RateLimited { retry_after_secs });
+            }
             let i = snap
                 .balancer
                 .pick_new(ring_key, &snap.backends, snap.balance_factor, |b| {
                     shared.store.sessions_on(b.id)
-                })?;
+                })
+                .ok_or(ProxyError::NoBackend)?;
             let rec = Record {
                 backend: snap.backends[i].id,
                 created_ms: now,
@@ -580,7 +675,7 @@ async fn sticky_plan(
             (state, i)
         }
     };
-    Some(Plan {
+    Ok(Plan {
         state,
         backend: i,
         ring_key,

@@ -10,6 +10,8 @@ use http::HeaderName;
 use crate::backends::Backend;
 use crate::balancer::Balancer;
 use crate::config::{self, Config};
+use crate::limits::Limits;
+use crate::session::binding::Binder;
 use crate::session::cookie::{backend_tag, CookieAttrs, CookieCodec, SameSite};
 use crate::session::source::{AppKeyDigest, KeySource};
 use crate::session::Timeouts;
@@ -82,6 +84,14 @@ pub struct Snapshot {
     pub access_log: bool,
     /// Failed requests in a row that mark a backend down (`health.fall`).
     pub passive_threshold: u32,
+    /// Client binding, when `bind_to` is set.
+    pub binder: Option<Binder>,
+    /// `on_mismatch = "reject"`.
+    pub reject_mismatch: bool,
+    /// Rate limiters (rebuilt, hence reset, by a reload).
+    pub limits: Arc<Limits>,
+    /// Longest pause between a client's body bytes.
+    pub client_body: std::time::Duration,
 }
 
 impl Snapshot {
@@ -190,6 +200,14 @@ impl Snapshot {
             max_header_bytes: config.limits.max_header_bytes,
             access_log: config.log.access,
             passive_threshold: config.health.fall,
+            binder: Binder::new(secret, &s.bind_to),
+            reject_mismatch: s.on_mismatch == config::OnMismatch::Reject,
+            limits: Arc::new(Limits::new(
+                config.limits.session_rate,
+                config.limits.session_burst,
+                config.limits.new_session_rate,
+            )),
+            client_body: config.timeouts.client_body,
             config,
         }
     }

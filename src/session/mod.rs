@@ -2,6 +2,7 @@
 //! given what its cookie claims and what the store knows, at a given `now`.
 //! Does no I/O; `service.rs` feeds it values and acts on the answer.
 
+pub mod binding;
 pub mod cookie;
 pub mod source;
 

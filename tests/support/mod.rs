@@ -449,6 +449,62 @@ pub async fn plain_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -
     send(addr, Proto::Plain, b.body(Full::new(Bytes::new())).unwrap()).await
 }
 
+/// GET `path` over plain HTTP from a chosen local address (e.g. 127.0.0.2).
+pub async fn plain_get_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(from, 0)).unwrap();
+    let tcp = tokio::time::timeout(HANG, sock.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut b = Request::get(path).header("host", "localhost");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let resp = tokio::time::timeout(
+        HANG,
+        s.send_request(b.body(Full::new(Bytes::new())).unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let version = resp.version();
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        version,
+    }
+}
+
+/// Writes raw bytes on a new connection and reads until the peer closes
+/// (or `HANG`, which fails the test).
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(HANG, tcp.read_to_end(&mut out))
+        .await
+        .expect("connection left open");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A browser-like session: keeps tether's cookie and sends it back.
 pub struct Session {
     pub addr: SocketAddr,

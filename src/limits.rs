@@ -1,0 +1,206 @@
+//! Rate limits (`[limits]`): a token bucket per session (`session_rate`,
+//! `session_burst`) and one per client IP for minting sessions
+//! (`new_session_rate`). Over the limit: 429 with `Retry-After`, and the
+//! request never reaches a backend.
+//!
+//! governor's keyed GCRA limiters are lock-free per key (a sharded map), so no
+//! request waits on another's lock. Their memory is bounded by [`Limits::reclaim`],
+//! run every second by the server: idle keys (buckets back to full) are dropped,
+//! and if an attacker still pushes a map past [`MAX_KEYS`] it is cleared,
+//! failing open for a moment rather than growing without bound.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Keys kept per limiter before it is cleared.
+pub const MAX_KEYS: usize = 1_000_000;
+
+/// A keyed limiter that can be replaced whole when it grows past its bound.
+struct Keyed<K: std::hash::Hash + Eq + Clone> {
+    quota: Quota,
+    limiter: ArcSwap<DefaultKeyedRateLimiter<K>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
+    fn new(quota: Quota) -> Keyed<K> {
+        Keyed {
+            quota,
+            limiter: ArcSwap::from_pointee(RateLimiter::keyed(quota)),
+        }
+    }
+
+    fn check(&self, key: &K, clock: &DefaultClock) -> Result<(), u64> {
+        self.limiter
+            .load()
+            .check_key(key)
+            .map_err(|nu| retry_after(nu.wait_time_from(clock.now())))
+    }
+
+    fn reclaim(&self, what: &str) {
+        let l = self.limiter.load();
+        l.retain_recent();
+        if l.len() > MAX_KEYS {
+            tracing::warn!(
+                keys = l.len(),
+                limiter = what,
+                "rate limiter over its bound: cleared"
+            );
+            self.limiter
+                .store(std::sync::Arc::new(RateLimiter::keyed(self.quota)));
+        } else {
+            l.shrink_to_fit();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.limiter.load().len()
+    }
+}
+
+/// The limiters of one configuration.
+pub struct Limits {
+    session: Option<Keyed<u128>>,
+    new_session: Option<Keyed<IpAddr>>,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("session", &self.session.is_some())
+            .field("new_session", &self.new_session.is_some())
+            .finish()
+    }
+}
+
+fn quota(rate: f64, burst: f64) -> Option<Quota> {
+    if rate <= 0.0 || !rate.is_finite() {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new(burst.max(1.0).min(u32::MAX as f64) as u32)?;
+    Quota::with_period(period).map(|q| q.allow_burst(burst))
+}
+
+/// Seconds to put in `Retry-After` (at least 1: it is an integer header).
+fn retry_after(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+impl Limits {
+    /// Limiters for the given rates (0 = off). `session_burst` 0 means 2 x rate.
+    pub fn new(session_rate: f64, session_burst: f64, new_session_rate: f64) -> Limits {
+        let burst = if session_burst > 0.0 {
+            session_burst
+        } else {
+            2.0 * session_rate
+        };
+        Limits {
+            session: quota(session_rate, burst).map(Keyed::new),
+            // Minting bursts up to a second's worth.
+            new_session: quota(new_session_rate, new_session_rate.ceil()).map(Keyed::new),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Is any limit on?
+    pub fn active(&self) -> bool {
+        self.session.is_some() || self.new_session.is_some()
+    }
+
+    /// One request of session `key`: Ok, or the seconds to wait.
+    ///
+    /// # Errors
+    /// Over `session_rate`: the `Retry-After` seconds.
+    #[inline]
+    pub fn session(&self, key: u128) -> Result<(), u64> {
+        match &self.session {
+            None => Ok(()),
+            Some(l) => l.check(&key, &self.clock),
+        }
+    }
+
+    /// Client `ip` wants a new session: Ok, or the seconds to wait.
+    ///
+    /// # Errors
+    /// Over `new_session_rate`: the `Retry-After` seconds.
+    #[inline]
+    pub fn new_session(&self, ip: IpAddr) -> Result<(), u64> {
+        match &self.new_session {
+            None => Ok(()),
+            Some(l) => l.check(&ip.to_canonical(), &self.clock),
+        }
+    }
+
+    /// Drops idle keys; clears a limiter that still holds more than [`MAX_KEYS`].
+    pub fn reclaim(&self) {
+        if let Some(l) = &self.session {
+            l.reclaim("session");
+        }
+        if let Some(l) = &self.new_session {
+            l.reclaim("new_session");
+        }
+    }
+
+    /// Keys held (tests, metrics).
+    pub fn keys(&self) -> usize {
+        self.session.as_ref().map_or(0, |l| l.len())
+            + self.new_session.as_ref().map_or(0, |l| l.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_by_default() {
+        let l = Limits::new(0.0, 0.0, 0.0);
+        assert!(!l.active());
+        for _ in 0..1000 {
+            assert!(l.session(1).is_ok());
+            assert!(l.new_session("10.0.0.1".parse().unwrap()).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_burst_then_429_with_retry_after() {
+        let l = Limits::new(10.0, 10.0, 0.0);
+        for i in 0..10 {
+            assert!(l.session(7).is_ok(), "request {i} is within the burst");
+        }
+        assert_eq!(
+            l.session(7),
+            Err(1),
+            "the 11th waits (Retry-After rounds up to 1 s)"
+        );
+        assert!(l.session(8).is_ok(), "another session has its own bucket");
+    }
+
+    #[test]
+    fn new_sessions_are_limited_per_ip() {
+        let l = Limits::new(0.0, 0.0, 2.0);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(l.new_session(a).is_ok());
+        assert!(l.new_session(a).is_ok());
+        assert!(l.new_session(a).is_err());
+        assert!(l.new_session("192.0.2.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn idle_keys_are_reclaimed() {
+        let l = Limits::new(1000.0, 1.0, 0.0);
+        for k in 0..100u128 {
+            let _ = l.session(k);
+        }
+        assert_eq!(l.keys(), 100);
+        std::thread::sleep(Duration::from_millis(5));
+        l.reclaim();
+        assert_eq!(l.keys(), 0, "full buckets are forgotten");
+    }
+}

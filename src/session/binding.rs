@@ -1,0 +1,155 @@
+//! Client binding (`[session] bind_to`): a keyed digest of the client's
+//! traits that rides inside the MAC'd cookie, so any instance can check that
+//! the cookie comes back from the client it was minted for.
+
+use std::net::IpAddr;
+
+use ring::hmac;
+
+use crate::config::BindTo;
+
+/// Computes binding digests under the secret.
+#[derive(Clone)]
+pub struct Binder {
+    key: hmac::Key,
+    ip: bool,
+    prefix: bool,
+    user_agent: bool,
+}
+
+impl std::fmt::Debug for Binder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binder")
+            .field("ip", &self.ip)
+            .field("prefix", &self.prefix)
+            .field("user_agent", &self.user_agent)
+            .finish()
+    }
+}
+
+/// The network a client address belongs to for `ip_prefix`: the /24 of an
+/// IPv4 address, the /64 of an IPv6 one (an IPv4-mapped IPv6 address counts
+/// as IPv4).
+pub fn prefix(ip: IpAddr) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            out[0] = 4;
+            out[1..4].copy_from_slice(&v4.octets()[..3]);
+        }
+        IpAddr::V6(v6) => {
+            out[0] = 6;
+            out[1..9].copy_from_slice(&v6.octets()[..8]);
+        }
+    }
+    out
+}
+
+impl Binder {
+    /// `None` when `bind_to` is empty (binding off).
+    pub fn new(secret: &[u8], bind_to: &[BindTo]) -> Option<Binder> {
+        if bind_to.is_empty() {
+            return None;
+        }
+        let derive = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let sub = hmac::sign(&derive, b"tether client binding v1");
+        Some(Binder {
+            key: hmac::Key::new(hmac::HMAC_SHA256, sub.as_ref()),
+            ip: bind_to.contains(&BindTo::Ip),
+            prefix: bind_to.contains(&BindTo::IpPrefix),
+            user_agent: bind_to.contains(&BindTo::UserAgent),
+        })
+    }
+
+    /// The digest of this client's traits; never 0 (0 means "unbound").
+    pub fn digest(&self, ip: IpAddr, user_agent: Option<&[u8]>) -> u64 {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        if self.ip {
+            let canon = ip.to_canonical();
+            match canon {
+                IpAddr::V4(v4) => ctx.update(&v4.octets()),
+                IpAddr::V6(v6) => ctx.update(&v6.octets()),
+            }
+            ctx.update(b"|");
+        }
+        if self.prefix {
+            ctx.update(&prefix(ip));
+            ctx.update(b"|");
+        }
+        if self.user_agent {
+            let ua = user_agent.unwrap_or(b"");
+            ctx.update(&(ua.len() as u64).to_le_bytes());
+            ctx.update(ua);
+        }
+        let tag = ctx.sign();
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&tag.as_ref()[..8]);
+        u64::from_le_bytes(b).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ip_binding_tells_addresses_apart() {
+        let b = Binder::new(b"0123456789abcdef", &[BindTo::Ip]).unwrap();
+        assert_eq!(
+            b.digest(ip("10.0.0.1"), None),
+            b.digest(ip("10.0.0.1"), Some(b"x"))
+        );
+        assert_ne!(
+            b.digest(ip("10.0.0.1"), None),
+            b.digest(ip("10.0.0.2"), None)
+        );
+        assert_eq!(
+            b.digest(ip("::ffff:10.0.0.1"), None),
+            b.digest(ip("10.0.0.1"), None)
+        );
+    }
+
+    #[test]
+    fn prefix_binding_follows_the_24_and_the_64() {
+        let b = Binder::new(b"0123456789abcdef", &[BindTo::IpPrefix]).unwrap();
+        assert_eq!(
+            b.digest(ip("192.0.2.1"), None),
+            b.digest(ip("192.0.2.254"), None)
+        );
+        assert_ne!(
+            b.digest(ip("192.0.2.1"), None),
+            b.digest(ip("192.0.3.1"), None)
+        );
+        assert_eq!(
+            b.digest(ip("2001:db8:1:2::1"), None),
+            b.digest(ip("2001:db8:1:2:ffff::9"), None)
+        );
+        assert_ne!(
+            b.digest(ip("2001:db8:1:2::1"), None),
+            b.digest(ip("2001:db8:1:3::1"), None)
+        );
+    }
+
+    #[test]
+    fn user_agent_binding_and_keying() {
+        let b = Binder::new(b"0123456789abcdef", &[BindTo::UserAgent]).unwrap();
+        assert_ne!(
+            b.digest(ip("10.0.0.1"), Some(b"curl")),
+            b.digest(ip("10.0.0.1"), Some(b"firefox"))
+        );
+        assert_eq!(
+            b.digest(ip("10.0.0.1"), Some(b"curl")),
+            b.digest(ip("10.9.9.9"), Some(b"curl"))
+        );
+        let other = Binder::new(b"fedcba9876543210", &[BindTo::UserAgent]).unwrap();
+        assert_ne!(
+            b.digest(ip("10.0.0.1"), Some(b"curl")),
+            other.digest(ip("10.0.0.1"), Some(b"curl"))
+        );
+        assert!(Binder::new(b"0123456789abcdef", &[]).is_none());
+    }
+}
