@@ -33,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod headers;
 pub mod health;
 pub mod limits;

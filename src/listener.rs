@@ -15,6 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::framing::{Sniffed, Verdicts};
 use crate::service::{self, ConnInfo, Shared};
 
 /// hyper refuses read buffers under 8 KiB; smaller `max_header_bytes` are
@@ -83,12 +86,13 @@ impl Listener {
                     tls: tls.is_some(),
                 };
                 match tls {
-                    None => serve(stream, info, shared, limits, watcher).await,
+                    None => serve(stream, true, info, shared, limits, watcher).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(limits.0, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => {
                                 metrics.tls_handshake(true);
-                                serve(s, info, shared, limits, watcher).await
+                                let h1 = s.get_ref().1.alpn_protocol() != Some(b"h2");
+                                serve(s, h1, info, shared, limits, watcher).await
                             }
                             Ok(Err(e)) => {
                                 metrics.tls_handshake(false);
@@ -110,6 +114,7 @@ impl Listener {
 
 async fn serve<I>(
     io: I,
+    h1: bool,
     info: ConnInfo,
     shared: Arc<Shared>,
     (client_header, max_header_bytes): (Duration, usize),
@@ -127,7 +132,15 @@ async fn serve<I>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(max_header_bytes as u32);
-    let svc = service_fn(move |req| service::handle(shared.clone(), info, req));
+    // Request heads are counted in the order hyper hands them over, which is
+    // the order the framing tracker saw them on the wire.
+    let verdicts = Arc::new(Verdicts::default());
+    let io = Sniffed::new(io, verdicts.clone(), h1);
+    let next = AtomicU64::new(0);
+    let svc = service_fn(move |req| {
+        let ambiguous = verdicts.ambiguous(next.fetch_add(1, Ordering::Relaxed));
+        service::handle(shared.clone(), info, ambiguous, req)
+    });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();

@@ -156,9 +156,12 @@ enum Sess {
 }
 
 /// Serves one request. Never fails: errors become the SPEC's status codes.
+/// `ambiguous`: the framing tracker saw both Content-Length and
+/// Transfer-Encoding on this request's head (see `framing.rs`).
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
+    ambiguous: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let snap = shared.snapshot.load_full();
@@ -166,7 +169,15 @@ pub async fn handle(
     let log = snap
         .access_log
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let (resp, backend, state) = match proxy(&shared, &snap, conn, req).await {
+    let outcome = if ambiguous {
+        Err((
+            ProxyError::BadRequest("both Content-Length and Transfer-Encoding"),
+            None,
+        ))
+    } else {
+        proxy(&shared, &snap, conn, req).await
+    };
+    let (resp, backend, state) = match outcome {
         Ok(done) => done,
         Err((e, backend)) => {
             let name = backend.map_or("-", |b| &*b.name);

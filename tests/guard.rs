@@ -295,6 +295,14 @@ async fn ambiguous_framing_gets_400_closes_and_never_reaches_a_backend() {
     let t = Tether::start(&config("", &[&a])).await;
     let cases: &[(&str, &[u8])] = &[
         (
+            "Content-Length and Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "Transfer-Encoding then Content-Length, after a clean request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        ),
+        (
             "differing Content-Length",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
         ),
@@ -323,9 +331,24 @@ async fn ambiguous_framing_gets_400_closes_and_never_reaches_a_backend() {
     ];
     for (what, bytes) in cases {
         let r = framing(&t, bytes).await;
-        assert!(r.starts_with("HTTP/1.1 400"), "{what}: {r:?}");
+        // The 400 ends the connection (a clean request before it may have
+        // been answered first).
+        assert!(
+            r.trim_start_matches(|_| false)
+                .contains("HTTP/1.1 400 Bad Request")
+                && r.matches("HTTP/1.1 ").count() <= 3,
+            "{what}: {r:?}"
+        );
+        assert!(
+            r.starts_with("HTTP/1.1 400") || r.starts_with("HTTP/1.1 200"),
+            "{what}: {r:?}"
+        );
     }
-    assert_eq!(a.hits(), 0, "none of them reached the backend");
+    assert_eq!(
+        a.hits(),
+        1,
+        "only the one clean request reached the backend"
+    );
     assert_eq!(plain_get(t.addr(), "/", &[]).await.status, 200);
 }
 

@@ -1,0 +1,348 @@
+//! Watches the raw HTTP/1 byte stream of a client connection for the one
+//! framing ambiguity hyper normalises away before tether can see it: a request
+//! carrying both `Content-Length` and `Transfer-Encoding` (RFC 9112 section
+//! 6.3; the classic request-smuggling vector). hyper silently drops the
+//! `Content-Length`; SPEC section 9 wants 400 and a closed connection.
+//!
+//! The tracker follows message boundaries (head, then a Content-Length or
+//! chunked body) on the bytes hyper reads and records which request heads
+//! (by their index on the connection) were ambiguous; `service.rs` answers
+//! those with 400. It gives up quietly (flags nothing more) on anything it
+//! does not model: an upgrade, HTTP/2, a head over its size cap, a malformed
+//! chunk (hyper rejects those itself).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Heads larger than this are not inspected (hyper refuses them anyway).
+const HEAD_CAP: usize = 64 * 1024;
+
+/// Shared between the stream wrapper and the service: bit `i` set means the
+/// `i`-th request head on this connection (0-based, first 64) was ambiguous.
+#[derive(Debug, Default)]
+pub struct Verdicts(AtomicU64);
+
+impl Verdicts {
+    /// Was request `index` ambiguous?
+    pub fn ambiguous(&self, index: u64) -> bool {
+        index < 64 && self.0.load(Ordering::Acquire) & (1 << index) != 0
+    }
+    fn flag(&self, index: u64) {
+        if index < 64 {
+            self.0.fetch_or(1 << index, Ordering::Release);
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Head(Vec<u8>),
+    Fixed(u64),
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    ChunkDataEnd(u8),
+    Trailers(Vec<u8>),
+    Done,
+}
+
+/// The framing tracker (pure: bytes in, verdicts out).
+#[derive(Debug)]
+pub struct Tracker {
+    state: State,
+    index: u64,
+    verdicts: Arc<Verdicts>,
+}
+
+fn header_value<'a>(line: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let colon = line.iter().position(|b| *b == b':')?;
+    let (n, v) = line.split_at(colon);
+    n.eq_ignore_ascii_case(name.as_bytes())
+        .then(|| v[1..].trim_ascii())
+}
+
+impl Tracker {
+    /// A tracker recording into `verdicts`.
+    pub fn new(verdicts: Arc<Verdicts>) -> Tracker {
+        Tracker {
+            state: State::Head(Vec::new()),
+            index: 0,
+            verdicts,
+        }
+    }
+
+    /// Feeds bytes as they are read.
+    pub fn feed(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            match &mut self.state {
+                State::Done => return,
+                State::Head(head) => {
+                    let Some(end) = find_head_end(head, buf) else {
+                        head.extend_from_slice(buf);
+                        if head.len() > HEAD_CAP || head.starts_with(b"PRI * HTTP/2.0") {
+                            self.state = State::Done;
+                        }
+                        return;
+                    };
+                    head.extend_from_slice(&buf[..end]);
+                    buf = &buf[end..];
+                    let head = std::mem::take(head);
+                    self.state = self.after_head(&head);
+                    self.index += 1;
+                }
+                State::Fixed(n) => {
+                    let take = (*n).min(buf.len() as u64) as usize;
+                    *n -= take as u64;
+                    buf = &buf[take..];
+                    if *n == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::ChunkSize(line) => {
+                    let Some(nl) = buf.iter().position(|b| *b == b'\n') else {
+                        line.extend_from_slice(buf);
+                        if line.len() > 1024 {
+                            self.state = State::Done;
+                        }
+                        return;
+                    };
+                    line.extend_from_slice(&buf[..nl]);
+                    buf = &buf[nl + 1..];
+                    let hex: Vec<u8> = line
+                        .iter()
+                        .copied()
+                        .take_while(|b| b.is_ascii_hexdigit())
+                        .collect();
+                    let size = std::str::from_utf8(&hex)
+                        .ok()
+                        .and_then(|h| u64::from_str_radix(h, 16).ok());
+                    self.state = match size {
+                        None => State::Done,
+                        Some(0) => State::Trailers(Vec::new()),
+                        Some(n) => State::ChunkData(n),
+                    };
+                }
+                State::ChunkData(n) => {
+                    let take = (*n).min(buf.len() as u64) as usize;
+                    *n -= take as u64;
+                    buf = &buf[take..];
+                    if *n == 0 {
+                        self.state = State::ChunkDataEnd(0);
+                    }
+                }
+                State::ChunkDataEnd(seen) => {
+                    // The CRLF after a chunk's data.
+                    let need = 2 - *seen as usize;
+                    let take = need.min(buf.len());
+                    *seen += take as u8;
+                    buf = &buf[take..];
+                    if *seen == 2 {
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                }
+                State::Trailers(t) => {
+                    // Trailer lines until an empty one.
+                    let Some(nl) = buf.iter().position(|b| *b == b'\n') else {
+                        t.extend_from_slice(buf);
+                        if t.len() > HEAD_CAP {
+                            self.state = State::Done;
+                        }
+                        return;
+                    };
+                    t.extend_from_slice(&buf[..nl]);
+                    buf = &buf[nl + 1..];
+                    let empty = t.trim_ascii().is_empty();
+                    t.clear();
+                    if empty {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+            }
+        }
+    }
+
+    fn after_head(&self, head: &[u8]) -> State {
+        // hyper skips stray CRLFs before a request line (RFC 9112 section 2.2).
+        let start = head
+            .iter()
+            .position(|b| !matches!(b, b'\r' | b'\n'))
+            .unwrap_or(head.len());
+        let mut lines = head[start..].split(|b| *b == b'\n');
+        let request_line = lines.next().unwrap_or(b"").trim_ascii();
+        if request_line.is_empty() {
+            // Stray CRLF between requests: tolerated by hyper; nothing to frame.
+            return State::Head(Vec::new());
+        }
+        let (mut cl, mut te, mut upgrade) = (None, None, false);
+        for line in lines {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(v) = header_value(line, "content-length") {
+                cl = Some(v);
+            } else if let Some(v) = header_value(line, "transfer-encoding") {
+                te = Some(v);
+            } else if header_value(line, "upgrade").is_some() {
+                upgrade = true;
+            }
+        }
+        if cl.is_some() && te.is_some() {
+            self.verdicts.flag(self.index);
+            // The connection will be closed after the 400.
+            return State::Done;
+        }
+        if upgrade {
+            return State::Done;
+        }
+        if let Some(te) = te {
+            let last = te.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
+            return if last.eq_ignore_ascii_case(b"chunked") {
+                State::ChunkSize(Vec::new())
+            } else {
+                State::Done
+            };
+        }
+        match cl.map(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+        }) {
+            None => State::Head(Vec::new()),
+            Some(Some(0)) => State::Head(Vec::new()),
+            Some(Some(n)) => State::Fixed(n),
+            Some(None) => State::Done,
+        }
+    }
+}
+
+/// Where the head ends in `buf` (index just past the blank line), given the
+/// bytes of the head seen so far.
+fn find_head_end(seen: &[u8], buf: &[u8]) -> Option<usize> {
+    // Look across the boundary: up to 3 bytes of `seen` can start the terminator.
+    let tail = &seen[seen.len().saturating_sub(3)..];
+    let mut window: Vec<u8> = Vec::with_capacity(tail.len() + buf.len());
+    window.extend_from_slice(tail);
+    window.extend_from_slice(buf);
+    let pos = window
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .or_else(|| window.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))?;
+    pos.checked_sub(tail.len()).filter(|p| *p > 0)
+}
+
+/// A client stream that feeds what it reads to a [`Tracker`].
+pub struct Sniffed<I> {
+    inner: I,
+    tracker: Option<Tracker>,
+}
+
+impl<I> Sniffed<I> {
+    /// Wraps `inner`; `track = false` passes bytes through untouched (HTTP/2).
+    pub fn new(inner: I, verdicts: Arc<Verdicts>, track: bool) -> Sniffed<I> {
+        Sniffed {
+            inner,
+            tracker: track.then(|| Tracker::new(verdicts)),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Sniffed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(t)) = (&polled, self.tracker.as_mut()) {
+            t.feed(&buf.filled()[before..]);
+            if matches!(t.state, State::Done) {
+                self.tracker = None;
+            }
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Sniffed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, b)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&[u8]]) -> Arc<Verdicts> {
+        let v = Arc::new(Verdicts::default());
+        let mut t = Tracker::new(v.clone());
+        for c in chunks {
+            t.feed(c);
+        }
+        v
+    }
+
+    #[test]
+    fn cl_and_te_together_are_flagged() {
+        let v = run(&[b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"]);
+        assert!(v.ambiguous(0));
+    }
+
+    #[test]
+    fn a_later_pipelined_request_is_found_after_bodies() {
+        let v = run(&[
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab",
+            b"cdGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"POST /d HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+        ]);
+        assert!(!v.ambiguous(0) && !v.ambiguous(1) && !v.ambiguous(2));
+        assert!(v.ambiguous(3));
+    }
+
+    #[test]
+    fn bytes_split_anywhere_give_the_same_verdicts() {
+        let all: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for split in 1..all.len() {
+            let v = run(&[&all[..split], &all[split..]]);
+            assert!(!v.ambiguous(0), "split {split}");
+            assert!(v.ambiguous(1), "split {split}");
+        }
+    }
+
+    #[test]
+    fn stray_crlf_before_a_request_is_skipped() {
+        let v = run(&[b"\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]);
+        assert!(v.ambiguous(0));
+    }
+
+    #[test]
+    fn clean_requests_are_not_flagged() {
+        let v = run(&[b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"]);
+        assert!(!v.ambiguous(0) && !v.ambiguous(1));
+    }
+}
