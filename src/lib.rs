@@ -47,4 +47,5 @@ pub mod session;
 pub mod snapshot;
 pub mod store;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;

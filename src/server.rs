@@ -23,11 +23,12 @@ use crate::health::{Checker, OnProbe};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::reload::{self, Control, ReloadError};
-use crate::service::{Shared, Upgrades};
+use crate::service::Shared;
 use crate::snapshot::{Names, Snapshot};
 use crate::store::memory::MemoryStore;
 use crate::store::Store;
 use crate::tls::{self, CertResolver, TlsError};
+use crate::upgrade::Upgrades;
 
 /// Why tether could not start (after the config was found valid).
 #[derive(Debug, thiserror::Error)]

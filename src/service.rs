@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +13,6 @@ use arc_swap::ArcSwap;
 use http::header::{COOKIE, HOST, USER_AGENT};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use tokio::sync::{watch, Notify};
 
 use crate::backends::{Backend, State as BackendState};
 use crate::body::{Body, BodyWatch, OnEnd, BODY_BROKEN, BODY_STALLED};
@@ -26,6 +25,7 @@ use crate::session::source::{app_cookie_set, app_key, KeySource};
 use crate::session::{self, Control, Pin, SessionState, Standing};
 use crate::snapshot::Snapshot;
 use crate::store::{EndReason, Insert, Record, SessionKey, SessionStore, Store};
+use crate::upgrade::{self, Upgrades};
 use crate::upstream::{Failure, Replay, SendError};
 
 /// What every request shares: the current snapshot, the store, the clock.
@@ -61,63 +61,6 @@ impl Shared {
         if seen.insert(id.as_u128()) {
             tracing::warn!(%peer, "session cookie presented by a client it is not bound to");
         }
-    }
-}
-
-/// Tracks upgraded connections so shutdown can wait for them, then close
-/// what is still open at the end of `shutdown_grace`.
-#[derive(Debug)]
-pub struct Upgrades {
-    live: AtomicUsize,
-    idle: Notify,
-    close: watch::Sender<bool>,
-}
-
-impl Default for Upgrades {
-    fn default() -> Self {
-        Upgrades {
-            live: AtomicUsize::new(0),
-            idle: Notify::new(),
-            close: watch::channel(false).0,
-        }
-    }
-}
-
-struct UpgradeGuard(Arc<Upgrades>);
-
-impl Drop for UpgradeGuard {
-    fn drop(&mut self) {
-        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-impl Upgrades {
-    /// Upgraded connections open now.
-    pub fn live(&self) -> usize {
-        self.live.load(Ordering::Acquire)
-    }
-
-    /// Waits until no upgraded connection is open.
-    pub async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.live() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Closes every upgraded connection still open.
-    pub fn close_all(&self) {
-        let _ = self.close.send(true);
-    }
-
-    fn enter(self: &Arc<Self>) -> (UpgradeGuard, watch::Receiver<bool>) {
-        self.live.fetch_add(1, Ordering::AcqRel);
-        (UpgradeGuard(self.clone()), self.close.subscribe())
     }
 }
 
@@ -405,8 +348,11 @@ async fn proxy<'s>(
         // sides and never return it to the pool.
         drop((lease, body));
         if let Some(client_upgrade) = client_upgrade {
-            let tracked = shared.upgrades.enter();
-            tokio::spawn(splice(client_upgrade, upstream_upgrade, tracked));
+            tokio::spawn(upgrade::splice(
+                client_upgrade,
+                upstream_upgrade,
+                shared.upgrades.enter(),
+            ));
         }
         Body::empty()
     } else if http_body::Body::is_end_stream(&body) {
@@ -423,32 +369,6 @@ async fn proxy<'s>(
         Some(backend.clone()),
         Some(plan.state),
     ))
-}
-
-/// Copies bytes both ways between an upgraded client and backend until
-/// either side closes, or shutdown closes it.
-async fn splice(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    (_guard, mut close): (UpgradeGuard, watch::Receiver<bool>),
-) {
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
-            let mut c = hyper_util::rt::TokioIo::new(c);
-            let mut u = hyper_util::rt::TokioIo::new(u);
-            tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "upgraded connection closed with an error");
-                    }
-                }
-                _ = close.wait_for(|c| *c) => {
-                    tracing::debug!("upgraded connection closed at the end of shutdown grace");
-                }
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
-    }
 }
 
 /// RFC 9110 section 9.2.2: methods whose repetition has the same effect.
