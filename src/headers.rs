@@ -83,6 +83,83 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Is `v` a valid `Host` (RFC 9110 section 7.2): `uri-host [":" port]`, no
+/// userinfo, path, list or whitespace?
+pub fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        // IP-literal
+        let Some(end) = rest.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let (lit, after) = (&rest[..end], &rest[end + 1..]);
+        if lit.is_empty()
+            || !lit
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match after {
+            [] => return true,
+            [b':', port @ ..] => (&b"x"[..], port),
+            _ => return false,
+        }
+    } else {
+        match v.iter().rposition(|b| *b == b':') {
+            Some(i) => (&v[..i], &v[i + 1..]),
+            None => (v, &b""[..]),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host.iter().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b';'
+                        | b'='
+                        | b'%'
+                )
+        });
+    let port_ok = v.iter().all(|b| *b != b':') && port.is_empty()
+        || (!port.is_empty()
+            && port.len() <= 5
+            && port.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(port)
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_some());
+    host_ok && port_ok
+}
+
+/// Is the request target well formed beyond what the parser checks: every
+/// `%` starts a two-digit hex escape, and an absolute-form authority is a
+/// valid host?
+pub fn valid_target(uri: &Uri) -> bool {
+    let escapes_ok = uri.path_and_query().map_or(true, |pq| {
+        let b = pq.as_str().as_bytes();
+        b.iter().enumerate().all(|(i, c)| {
+            *c != b'%'
+                || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        })
+    });
+    escapes_ok
+        && uri
+            .authority()
+            .map_or(true, |a| valid_host(a.as_str().as_bytes()))
+}
+
 /// Size of a request head as the client sent it (start line + fields), for
 /// `limits.max_header_bytes`.
 pub fn head_size_of<B>(req: &http::Request<B>) -> usize {
@@ -299,6 +376,33 @@ mod tests {
         );
         let all: Vec<_> = p.headers.get_all(COOKIE).iter().collect();
         assert_eq!(all, vec!["a=1; b=2"]);
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "x",
+            "example.com",
+            "example.com:8443",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "a_b.local",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "", "a, b", "a b", "a/b", "u@a", "x:8a", "x:", "x:99999", "[::1", "[::1]x", ":80",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets() {
+        assert!(valid_target(&"/a%20b?c=%2F".parse().unwrap()));
+        assert!(!valid_target(&"/%%%".parse().unwrap()));
+        assert!(!valid_target(&"/a%2".parse().unwrap()));
     }
 
     #[test]

@@ -203,11 +203,20 @@ async fn proxy<'s>(
             None,
         ));
     }
-    if req.version() == Version::HTTP_11 && req.headers().get_all(HOST).iter().count() != 1 {
-        return Err((
-            ProxyError::BadRequest("HTTP/1.1 needs exactly one Host"),
-            None,
-        ));
+    if req.version() == Version::HTTP_11 {
+        let mut hosts = req.headers().get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(h), None) if headers::valid_host(h.as_bytes()) => {}
+            _ => {
+                return Err((
+                    ProxyError::BadRequest("HTTP/1.1 needs exactly one valid Host"),
+                    None,
+                ))
+            }
+        }
+    }
+    if !headers::valid_target(req.uri()) {
+        return Err((ProxyError::BadRequest("malformed request target"), None));
     }
 
     let now = shared.clock.now_ms();
