@@ -49,6 +49,10 @@ pub const TLS_HANDSHAKES_TOTAL: &str = "tether_tls_handshakes_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "tether_tls_handshake_failures_total";
 /// Counter: new sessions the store refused because it held `max_sessions`.
 pub const STORE_FULL_TOTAL: &str = "tether_store_full_total";
+/// Gauge: 1 while the session store answers, 0 while it does not (Redis down).
+pub const STORE_UP: &str = "tether_store_up";
+/// Counter: store operations that failed, timed out or were dropped (Redis).
+pub const STORE_ERRORS_TOTAL: &str = "tether_store_errors_total";
 /// Gauge: seconds since this process started serving.
 pub const UPTIME_SECONDS: &str = "tether_uptime_seconds";
 /// Gauge: always 1; carries the version as a label.
@@ -228,6 +232,8 @@ pub struct Metrics {
     tls_handshakes: AtomicU64,
     tls_failures: AtomicU64,
     store_full: AtomicU64,
+    store_up: AtomicU64,
+    store_errors: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -254,6 +260,8 @@ impl Metrics {
             tls_handshakes: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
             store_full: AtomicU64::new(0),
+            store_up: AtomicU64::new(1),
+            store_errors: AtomicU64::new(0),
         }
     }
 
@@ -333,6 +341,17 @@ impl Metrics {
         if !ok {
             self.tls_failures.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records whether the store answers (the Redis store sets it on each
+    /// change; the memory store always answers, the default).
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.store(u64::from(up), Ordering::Relaxed);
+    }
+
+    /// Counts `n` store operations that failed, timed out or were dropped.
+    pub fn store_errors(&self, n: u64) {
+        self.store_errors.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts one new session refused because the store was full.
@@ -454,6 +473,25 @@ impl Metrics {
             STORE_FULL_TOTAL,
             &[],
             &load(&self.store_full).to_string(),
+        );
+        family(
+            o,
+            STORE_UP,
+            "gauge",
+            "1 while the session store answers, 0 while it does not (Redis unreachable or slow).",
+        );
+        line(o, STORE_UP, &[], &load(&self.store_up).to_string());
+        family(
+            o,
+            STORE_ERRORS_TOTAL,
+            "counter",
+            "Session store operations that failed, timed out, or were dropped while the store was down.",
+        );
+        line(
+            o,
+            STORE_ERRORS_TOTAL,
+            &[],
+            &load(&self.store_errors).to_string(),
         );
 
         family(
@@ -763,6 +801,8 @@ mod tests {
         m.tls_handshake(true);
         m.tls_handshake(false);
         m.store_full();
+        m.store_errors(3);
+        m.set_store_up(false);
 
         let t = m.render(&two(), 4, 12.5);
         for want in [
@@ -785,6 +825,8 @@ mod tests {
             "tether_tls_handshakes_total 2",
             "tether_tls_handshake_failures_total 1",
             "tether_store_full_total 1",
+            "tether_store_up 0",
+            "tether_store_errors_total 3",
             "tether_sessions_live 4",
             "tether_uptime_seconds 12.5",
             r#"tether_backend_sessions{backend="a"} 3"#,
@@ -864,6 +906,8 @@ mod tests {
             TLS_HANDSHAKES_TOTAL,
             TLS_HANDSHAKE_FAILURES_TOTAL,
             STORE_FULL_TOTAL,
+            STORE_UP,
+            STORE_ERRORS_TOTAL,
             UPTIME_SECONDS,
             BUILD_INFO,
         ] {
