@@ -53,6 +53,10 @@ pub const STORE_FULL_TOTAL: &str = "tether_store_full_total";
 pub const BINDING_MISMATCHES_TOTAL: &str = "tether_binding_mismatches_total";
 /// Counter: requests refused with 429, by `limit`.
 pub const RATE_LIMITED_TOTAL: &str = "tether_rate_limited_total";
+/// Gauge: 1 while the session store answers, 0 while it does not (Redis down).
+pub const STORE_UP: &str = "tether_store_up";
+/// Counter: store operations that failed, timed out or were dropped (Redis).
+pub const STORE_ERRORS_TOTAL: &str = "tether_store_errors_total";
 /// Gauge: seconds since this process started serving.
 pub const UPTIME_SECONDS: &str = "tether_uptime_seconds";
 /// Gauge: always 1; carries the version as a label.
@@ -235,6 +239,8 @@ pub struct Metrics {
     binding_mismatches: AtomicU64,
     /// [session, new_session]
     rate_limited: [AtomicU64; 2],
+    store_up: AtomicU64,
+    store_errors: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -263,6 +269,8 @@ impl Metrics {
             store_full: AtomicU64::new(0),
             binding_mismatches: AtomicU64::new(0),
             rate_limited: [AtomicU64::new(0), AtomicU64::new(0)],
+            store_up: AtomicU64::new(1),
+            store_errors: AtomicU64::new(0),
         }
     }
 
@@ -354,7 +362,18 @@ impl Metrics {
         self.rate_limited[usize::from(new_session)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A new session could not be stored: the store is at `max_sessions`.
+    /// Records whether the store answers (the Redis store sets it on each
+    /// change; the memory store always answers, the default).
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.store(u64::from(up), Ordering::Relaxed);
+    }
+
+    /// Counts `n` store operations that failed, timed out or were dropped.
+    pub fn store_errors(&self, n: u64) {
+        self.store_errors.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one new session refused because the store was full.
     pub fn store_full(&self) {
         self.store_full.fetch_add(1, Ordering::Relaxed);
     }
@@ -500,6 +519,25 @@ impl Metrics {
                 &load(n).to_string(),
             );
         }
+        family(
+            o,
+            STORE_UP,
+            "gauge",
+            "1 while the session store answers, 0 while it does not (Redis unreachable or slow).",
+        );
+        line(o, STORE_UP, &[], &load(&self.store_up).to_string());
+        family(
+            o,
+            STORE_ERRORS_TOTAL,
+            "counter",
+            "Session store operations that failed, timed out, or were dropped while the store was down.",
+        );
+        line(
+            o,
+            STORE_ERRORS_TOTAL,
+            &[],
+            &load(&self.store_errors).to_string(),
+        );
 
         family(
             o,
@@ -808,6 +846,8 @@ mod tests {
         m.tls_handshake(true);
         m.tls_handshake(false);
         m.store_full();
+        m.store_errors(3);
+        m.set_store_up(false);
 
         let t = m.render(&two(), 4, 12.5);
         for want in [
@@ -830,6 +870,8 @@ mod tests {
             "tether_tls_handshakes_total 2",
             "tether_tls_handshake_failures_total 1",
             "tether_store_full_total 1",
+            "tether_store_up 0",
+            "tether_store_errors_total 3",
             "tether_sessions_live 4",
             "tether_uptime_seconds 12.5",
             r#"tether_backend_sessions{backend="a"} 3"#,
@@ -909,6 +951,8 @@ mod tests {
             TLS_HANDSHAKES_TOTAL,
             TLS_HANDSHAKE_FAILURES_TOTAL,
             STORE_FULL_TOTAL,
+            STORE_UP,
+            STORE_ERRORS_TOTAL,
             UPTIME_SECONDS,
             BUILD_INFO,
         ] {

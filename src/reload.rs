@@ -86,10 +86,7 @@ impl Control {
             fixed.push("[[listener]]");
             next.listeners = old.listeners.clone();
         }
-        if old.store.kind != next.store.kind
-            || old.store.url != next.store.url
-            || old.store.max_sessions != next.store.max_sessions
-        {
+        if old.store != next.store {
             fixed.push("[store]");
             next.store = old.store.clone();
         }
@@ -119,6 +116,9 @@ impl Control {
         self.shared
             .store
             .set_timeouts(cfg.session.idle_timeout, cfg.session.absolute_timeout);
+        self.shared
+            .store
+            .name_backends(snapshot.backends.iter().map(|b| (b.id, &*b.name)));
         if let (Some(r), Some(c)) = (&self.resolver, cert) {
             r.replace(c);
         }

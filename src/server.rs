@@ -18,15 +18,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::health::{Checker, OnProbe};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::reload::{self, Control, ReloadError};
 use crate::service::Shared;
 use crate::snapshot::{Names, Snapshot};
-use crate::store::memory::MemoryStore;
-use crate::store::Store;
+use crate::store::{MemoryStore, RedisSettings, RedisStore, Store};
 use crate::tls::{self, CertResolver, TlsError};
 use crate::upgrade::Upgrades;
 
@@ -45,6 +44,10 @@ pub enum StartError {
     /// The certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The Redis store could not be set up (an unusable URL; an unreachable
+    /// Redis is not an error: tether starts degraded).
+    #[error("redis store: {0}")]
+    Store(#[source] redis::RedisError),
 }
 
 /// A started tether.
@@ -103,20 +106,42 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let secret = effective_secret(&config);
     let snapshot = Snapshot::build(config.clone(), &names, &secret, None);
     let s = &config.session;
-    let memory = MemoryStore::new(
-        config.store.max_sessions,
-        s.idle_timeout,
-        s.absolute_timeout,
-    );
-    let reap_every = (s.idle_timeout.min(s.absolute_timeout) / 4)
-        .clamp(Duration::from_millis(50), Duration::from_secs(5));
     let clock = Clock::system();
-    let reaper_clock = clock.clone();
-    memory.spawn_reaper(reap_every, move || reaper_clock.now_ms());
     let metrics = Arc::new(Metrics::new());
+    let store = match config.store.kind {
+        StoreKind::Memory => {
+            let memory = MemoryStore::new(
+                config.store.max_sessions,
+                s.idle_timeout,
+                s.absolute_timeout,
+            );
+            let reap_every = (s.idle_timeout.min(s.absolute_timeout) / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(5));
+            let reaper_clock = clock.clone();
+            memory.spawn_reaper(reap_every, move || reaper_clock.now_ms());
+            Store::Memory(memory)
+        }
+        StoreKind::Redis => {
+            let settings = RedisSettings {
+                url: config.store.url.clone(),
+                key_prefix: config.store.key_prefix.clone(),
+                connect_timeout: config.store.connect_timeout,
+                command_timeout: config.store.command_timeout,
+                max_cached: config.store.max_sessions,
+                idle: s.idle_timeout,
+                absolute: s.absolute_timeout,
+            };
+            let store_clock = clock.clone();
+            let redis = RedisStore::start(settings, metrics.clone(), move || store_clock.now_ms())
+                .await
+                .map_err(StartError::Store)?;
+            Store::Redis(redis)
+        }
+    };
+    store.name_backends(snapshot.backends.iter().map(|b| (b.id, &*b.name)));
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
-        store: Store::Memory(memory),
+        store,
         clock,
         metrics: metrics.clone(),
         upgrades: Arc::new(Upgrades::default()),

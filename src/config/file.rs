@@ -314,6 +314,12 @@ pub struct Store {
     pub url: Spanned<String>,
     /// `max_sessions`.
     pub max_sessions: Spanned<i64>,
+    /// `key_prefix` (Redis).
+    pub key_prefix: Spanned<String>,
+    /// `connect_timeout` (Redis).
+    pub connect_timeout: Spanned<Dur>,
+    /// `command_timeout` (Redis).
+    pub command_timeout: Spanned<Dur>,
 }
 
 impl Default for Store {
@@ -322,6 +328,9 @@ impl Default for Store {
             kind: StoreKind::Memory,
             url: unspanned("redis://127.0.0.1:6379/0".into()),
             max_sessions: unspanned(1_000_000),
+            key_prefix: unspanned("tether:".into()),
+            connect_timeout: unspanned(Dur(Duration::from_millis(500))),
+            command_timeout: unspanned(Dur(Duration::from_millis(250))),
         }
     }
 }

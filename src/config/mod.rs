@@ -241,14 +241,20 @@ impl fmt::Display for SecretOrigin {
 }
 
 /// `[store]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Store {
     /// Memory or Redis.
     pub kind: StoreKind,
     /// Redis URL (`redis://` or `rediss://`); checked only for `kind = "redis"`.
     pub url: String,
-    /// Bound of the memory store (>= 1).
+    /// Bound of the memory store (>= 1); for Redis, of the local cache.
     pub max_sessions: usize,
+    /// Prefix of every Redis key and of the pub/sub channel (1..=64 bytes, no spaces).
+    pub key_prefix: String,
+    /// Longest wait for a TCP (+TLS) connection to Redis.
+    pub connect_timeout: Duration,
+    /// Longest wait for any Redis reply; past it the store counts as unavailable.
+    pub command_timeout: Duration,
 }
 
 /// One `[[backend]]`.
@@ -440,6 +446,9 @@ impl Config {
                 kind: self.store.kind,
                 url: u(self.store.url.clone()),
                 max_sessions: int(self.store.max_sessions),
+                key_prefix: u(self.store.key_prefix.clone()),
+                connect_timeout: dur(self.store.connect_timeout),
+                command_timeout: dur(self.store.command_timeout),
             },
             backends: self
                 .backends
@@ -936,10 +945,26 @@ impl Cx<'_> {
                     format!("invalid redis url {url:?}: expected redis:// or rediss://, like \"redis://127.0.0.1:6379/0\""),
                 ));
             }
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                // redis-rs renders "<what>- <ErrorKind>"; the kind adds nothing here.
+                let shown = e.to_string();
+                let why = shown.split("- ").next().unwrap_or(&shown);
+                return Err(self.on(&raw.url, format!("invalid redis url {url:?}: {why}")));
+            }
+        }
+        let prefix = raw.key_prefix.get_ref();
+        if prefix.is_empty() || prefix.len() > 64 || prefix.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(self.on(
+                &raw.key_prefix,
+                format!("invalid key_prefix {prefix:?}: expected 1 to 64 printable characters without spaces, like \"tether:\""),
+            ));
         }
         Ok(Store {
             kind: raw.kind,
             max_sessions: self.int_in(&raw.max_sessions, 1, i64::MAX, "max_sessions", "")?,
+            connect_timeout: self.positive(&raw.connect_timeout, "connect_timeout")?,
+            command_timeout: self.positive(&raw.command_timeout, "command_timeout")?,
+            key_prefix: raw.key_prefix.into_inner(),
             url: raw.url.into_inner(),
         })
     }
@@ -1862,6 +1887,43 @@ mod tests {
         assert_eq!(c.store.url, "rediss://cache:6380/1");
         // The URL only matters for the Redis store.
         ok("[store]\nurl = \"whatever\"");
+        assert_eq!(
+            (
+                c.store.key_prefix.as_str(),
+                c.store.connect_timeout,
+                c.store.command_timeout
+            ),
+            (
+                "tether:",
+                Duration::from_millis(500),
+                Duration::from_millis(250)
+            )
+        );
+        let c = ok("[store]\nkind = \"redis\"\nkey_prefix = \"app1/\"\nconnect_timeout = \"2s\"\ncommand_timeout = \"50ms\"");
+        assert_eq!(
+            (
+                c.store.key_prefix.as_str(),
+                c.store.connect_timeout,
+                c.store.command_timeout
+            ),
+            ("app1/", Duration::from_secs(2), Duration::from_millis(50))
+        );
+        assert_eq!(
+            err("[store]\nkey_prefix = \"my app\""),
+            "tether.toml:2:14: invalid key_prefix \"my app\": expected 1 to 64 printable characters without spaces, like \"tether:\""
+        );
+        assert_eq!(
+            err("[store]\nkey_prefix = \"\""),
+            "tether.toml:2:14: invalid key_prefix \"\": expected 1 to 64 printable characters without spaces, like \"tether:\""
+        );
+        assert_eq!(
+            err("[store]\ncommand_timeout = \"0s\""),
+            "tether.toml:2:19: command_timeout must be greater than 0, like \"2s\""
+        );
+        assert_eq!(
+            err("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379/db\""),
+            "tether.toml:3:7: invalid redis url \"redis://127.0.0.1:6379/db\": Invalid database number"
+        );
     }
 
     #[test]

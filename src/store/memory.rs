@@ -123,7 +123,7 @@ struct Timeouts {
 /// chosen from the *high* 64 bits, so within a shard the low bits that
 /// hashbrown uses for its bucket index and control byte are still uniform.
 #[derive(Default)]
-struct KeyHasher(u64);
+pub(super) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     #[inline]

@@ -11,9 +11,12 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+mod cache;
 pub mod memory;
+pub mod redis;
 
 pub use memory::MemoryStore;
+pub use redis::{RedisSettings, RedisStore};
 
 /// 128 bits that name a session in the store: a tether session id, or a keyed
 /// digest of an app's key.
@@ -88,7 +91,8 @@ pub enum Found {
     /// Never seen here, or forgotten after it expired. The caller may adopt
     /// the key on the strength of its MAC'd cookie.
     Missing,
-    /// The store cannot answer (Redis down). The memory store never says this.
+    /// The store cannot answer (Redis down or slow, or a record this instance
+    /// cannot read). The memory store never says this.
     Unavailable,
 }
 
@@ -176,6 +180,8 @@ pub trait SessionStore {
 pub enum Store {
     /// The embedded default.
     Memory(MemoryStore),
+    /// Shared by many instances through one Redis.
+    Redis(RedisStore),
 }
 
 impl Store {
@@ -183,6 +189,16 @@ impl Store {
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    /// Tells the store each backend id's name (the Redis store stores names,
+    /// which mean the same on every instance; the memory store needs none).
+    pub fn name_backends<'a>(&self, names: impl IntoIterator<Item = (BackendId, &'a str)>) {
+        match self {
+            Store::Memory(_) => {}
+            Store::Redis(r) => r.name_backends(names),
         }
     }
 }
@@ -191,48 +207,56 @@ impl SessionStore for Store {
     async fn get_touch(&self, key: SessionKey, now_ms: u64) -> Found {
         match self {
             Store::Memory(m) => m.get_touch(key, now_ms),
+            Store::Redis(r) => r.get_touch(key, now_ms).await,
         }
     }
 
     async fn insert(&self, key: SessionKey, record: Record) -> Insert {
         match self {
             Store::Memory(m) => m.insert(key, record),
+            Store::Redis(r) => r.insert(key, record).await,
         }
     }
 
     async fn repin(&self, key: SessionKey, backend: BackendId, now_ms: u64) -> bool {
         match self {
             Store::Memory(m) => m.repin(key, backend, now_ms),
+            Store::Redis(r) => r.repin(key, backend, now_ms).await,
         }
     }
 
     async fn end(&self, key: SessionKey, reason: EndReason, now_ms: u64) -> Insert {
         match self {
             Store::Memory(m) => m.end(key, reason, now_ms),
+            Store::Redis(r) => r.end(key, reason, now_ms).await,
         }
     }
 
     fn sessions_on(&self, backend: BackendId) -> u64 {
         match self {
             Store::Memory(m) => m.sessions_on(backend),
+            Store::Redis(r) => r.sessions_on(backend),
         }
     }
 
     fn live(&self) -> u64 {
         match self {
             Store::Memory(m) => m.live(),
+            Store::Redis(r) => r.live(),
         }
     }
 
     fn len(&self) -> usize {
         match self {
             Store::Memory(m) => m.len(),
+            Store::Redis(r) => r.len(),
         }
     }
 
     fn set_timeouts(&self, idle: Duration, absolute: Duration) {
         match self {
             Store::Memory(m) => m.set_timeouts(idle, absolute),
+            Store::Redis(r) => r.set_timeouts(idle, absolute),
         }
     }
 }

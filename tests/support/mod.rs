@@ -554,3 +554,112 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+// ---------------------------------------------------------------- redis
+
+/// A real `redis-server` on a free 127.0.0.1 port, no persistence, killed
+/// (by PID) on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one, or `None` (after printing why) when `redis-server` is not
+    /// installed. With `TETHER_REQUIRE_REDIS=1` (CI) its absence panics.
+    pub async fn start() -> Option<RedisServer> {
+        let installed = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            if std::env::var("TETHER_REQUIRE_REDIS").as_deref() == Ok("1") {
+                panic!("redis-server is not installed and TETHER_REQUIRE_REDIS=1");
+            }
+            println!("skipped: redis-server not installed");
+            return None;
+        }
+        // redis-server refuses port 0: take a free port from the OS and
+        // hand it over (a tiny race with other binders, retried below).
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut r = RedisServer { port, child: None };
+            if r.spawn().await {
+                return Some(r);
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (again) on the same port; true once it answers PING.
+    pub async fn spawn(&mut self) -> bool {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server spawns");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if self.ping().await {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false; // exited: the port was taken
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.kill();
+        false
+    }
+
+    /// One raw RESP PING; true on `+PONG`.
+    pub async fn ping(&self) -> bool {
+        self.command(&["PING"])
+            .await
+            .is_some_and(|r| r.starts_with("+PONG"))
+    }
+
+    /// Sends one command, returns the raw reply text (enough for tests).
+    pub async fn command(&self, args: &[&str]) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Kills the server (SIGKILL, by PID) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
