@@ -142,9 +142,14 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), String> {
         let addr = spawn_backend(n).await.map_err(|e| e.to_string())?;
         backends.push((n, addr));
     }
-    let sticky = server::start(demo_config("sticky", STICKY_PORT, Some(ADMIN_PORT), &backends)?)
-        .await
-        .map_err(|e| format!("{e} (is another tether demo running?)"))?;
+    let sticky = server::start(demo_config(
+        "sticky",
+        STICKY_PORT,
+        Some(ADMIN_PORT),
+        &backends,
+    )?)
+    .await
+    .map_err(|e| format!("{e} (is another tether demo running?)"))?;
     let rotate = server::start(demo_config("rotate", ROTATE_PORT, None, &backends)?)
         .await
         .map_err(|e| e.to_string())?;
