@@ -131,7 +131,12 @@ async fn exchange(addr: SocketAddr, case: &Case) -> Outcome {
     }
     let text = String::from_utf8_lossy(&out[..out.len().min(120)]).into_owned();
     let code = (out.starts_with(b"HTTP/1.1 ") || out.starts_with(b"HTTP/1.0 "))
-        .then(|| std::str::from_utf8(out.get(9..12)?).ok()?.parse::<u16>().ok())
+        .then(|| {
+            std::str::from_utf8(out.get(9..12)?)
+                .ok()?
+                .parse::<u16>()
+                .ok()
+        })
         .flatten();
     match code {
         Some(code) => Outcome::Status { code, closed },
@@ -190,22 +195,34 @@ fn framing() -> Vec<Case> {
     let mut v = vec![
         Case::head(
             "CL then TE chunked",
-            req("Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", chunked),
+            req(
+                "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+                chunked,
+            ),
         )
         .expected_after_hygiene(),
         Case::head(
             "TE chunked then CL",
-            req("Transfer-Encoding: chunked\r\nContent-Length: 4\r\n", chunked),
+            req(
+                "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
+                chunked,
+            ),
         )
         .expected_after_hygiene(),
         Case::head(
             "TE chunked and CL 0",
-            req("Transfer-Encoding: chunked\r\nContent-Length: 0\r\n", chunked),
+            req(
+                "Transfer-Encoding: chunked\r\nContent-Length: 0\r\n",
+                chunked,
+            ),
         )
         .expected_after_hygiene(),
         Case::head(
             "CL with TE identity",
-            req("Content-Length: 5\r\nTransfer-Encoding: identity\r\n", "hello"),
+            req(
+                "Content-Length: 5\r\nTransfer-Encoding: identity\r\n",
+                "hello",
+            ),
         ),
         Case::head(
             "two differing Content-Length",
@@ -227,7 +244,10 @@ fn framing() -> Vec<Case> {
             ),
         ),
         Case::head("TE gzip only", req("Transfer-Encoding: gzip\r\n", "hello")),
-        Case::head("TE xchunked", req("Transfer-Encoding: xchunked\r\n", chunked)),
+        Case::head(
+            "TE xchunked",
+            req("Transfer-Encoding: xchunked\r\n", chunked),
+        ),
         Case::head(
             "TE with vertical tab",
             req("Transfer-Encoding: \x0bchunked\r\n", chunked),
@@ -246,7 +266,9 @@ fn framing() -> Vec<Case> {
         ),
         Case::head(
             "TE on HTTP/1.0",
-            format!("POST /count HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}"),
+            format!(
+                "POST /count HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}"
+            ),
         ),
         Case::head(
             "obs-fold continues Transfer-Encoding",
@@ -275,8 +297,14 @@ fn framing() -> Vec<Case> {
 /// Chunked bodies whose framing breaks after a valid head (SPEC §9: 400, not 502).
 fn chunk_bodies() -> Vec<Case> {
     [
-        ("oversized chunk size", "ffffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
-        ("chunk size overflowing u64 by one digit", "10000000000000000\r\nx\r\n0\r\n\r\n"),
+        (
+            "oversized chunk size",
+            "ffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk size overflowing u64 by one digit",
+            "10000000000000000\r\nx\r\n0\r\n\r\n",
+        ),
         ("negative chunk size", "-5\r\nhello\r\n0\r\n\r\n"),
         ("non-hex chunk size", "zz\r\nhello\r\n0\r\n\r\n"),
         ("0x-prefixed chunk size", "0x5\r\nhello\r\n0\r\n\r\n"),
@@ -333,8 +361,14 @@ fn injection() -> Vec<Case> {
             "obs-fold right after the request line",
             "GET / HTTP/1.1\r\n Host: x\r\n\r\n",
         ),
-        Case::head("obs-fold of Host", "GET / HTTP/1.1\r\nHost: x\r\n y\r\n\r\n"),
-        Case::head("space before colon in Host", "GET / HTTP/1.1\r\nHost : x\r\n\r\n"),
+        Case::head(
+            "obs-fold of Host",
+            "GET / HTTP/1.1\r\nHost: x\r\n y\r\n\r\n",
+        ),
+        Case::head(
+            "space before colon in Host",
+            "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        ),
     ]
 }
 
@@ -342,22 +376,39 @@ fn injection() -> Vec<Case> {
 fn request_lines() -> Vec<Case> {
     let mut v = vec![
         Case::head("NUL in the method", "G\0T / HTTP/1.1\r\nHost: x\r\n\r\n"),
-        Case::head("DEL before the method", "\x7fGET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        Case::head(
+            "DEL before the method",
+            "\x7fGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
         Case::head("empty method", " / HTTP/1.1\r\nHost: x\r\n\r\n"),
         Case::head("non-ASCII method", "GÉT / HTTP/1.1\r\nHost: x\r\n\r\n"),
-        Case::head("two spaces after the method", "GET  / HTTP/1.1\r\nHost: x\r\n\r\n"),
-        Case::head("space inside the target", "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"),
+        Case::head(
+            "two spaces after the method",
+            "GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        Case::head(
+            "space inside the target",
+            "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
         Case::head("NUL in the target", "GET /\0 HTTP/1.1\r\nHost: x\r\n\r\n"),
         Case::head("DEL in the target", "GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n"),
-        Case::head("unclosed IPv6 authority", "GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n"),
-
+        Case::head(
+            "unclosed IPv6 authority",
+            "GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
         Case::head("empty authority", "GET http:// HTTP/1.1\r\nHost: x\r\n\r\n"),
         // Not SPEC §9 rules: RFC 3986 wants two hex digits after '%' (§2.1) and a port of
         // digits (§3.2.3); `http::Uri` takes both. Proposed as hygiene (nginx answers 400); reported, not yet decided.
-        Case::head("bad percent-encoding", "GET /%%% HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expected_after_hygiene(),
-        Case::head("non-digit port", "GET http://x:8a/ HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expected_after_hygiene(),
+        Case::head(
+            "bad percent-encoding",
+            "GET /%%% HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .expected_after_hygiene(),
+        Case::head(
+            "non-digit port",
+            "GET http://x:8a/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .expected_after_hygiene(),
         Case::head(
             "absurdly long target (100 KB)",
             format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100_000)),
@@ -368,7 +419,10 @@ fn request_lines() -> Vec<Case> {
         ),
         Case::head("HTTP/0.9 request line", "GET /\r\n\r\n").half_closed(),
         Case::head("HTTP/0.9, no blank line", "GET /\r\n").half_closed(),
-        Case::head("HTTP/2.0 on an h1 head", "GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+        Case::head(
+            "HTTP/2.0 on an h1 head",
+            "GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        ),
         Case::head("HTTP/2 on an h1 head", "GET / HTTP/2\r\nHost: x\r\n\r\n"),
         Case::head("HTTP/3.0", "GET / HTTP/3.0\r\nHost: x\r\n\r\n"),
         Case::head("HTTP/1.2", "GET / HTTP/1.2\r\nHost: x\r\n\r\n"),
@@ -376,8 +430,14 @@ fn request_lines() -> Vec<Case> {
         Case::head("HTTP/01.1", "GET / HTTP/01.1\r\nHost: x\r\n\r\n"),
         Case::head("lower-case version", "GET / http/1.1\r\nHost: x\r\n\r\n"),
         Case::head("HTTPS/1.1", "GET / HTTPS/1.1\r\nHost: x\r\n\r\n"),
-        Case::head("no space before version", "GET /HTTP/1.1\r\nHost: x\r\n\r\n"),
-        Case::head("trailing space after version", "GET / HTTP/1.1 \r\nHost: x\r\n\r\n"),
+        Case::head(
+            "no space before version",
+            "GET /HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        Case::head(
+            "trailing space after version",
+            "GET / HTTP/1.1 \r\nHost: x\r\n\r\n",
+        ),
         Case::head(
             "h2 preface with garbage after",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nthis is not a SETTINGS frame",
@@ -411,12 +471,24 @@ fn header_sets() -> Vec<Case> {
         Case::head("101 headers", many(100)),
         Case::head("250 headers", many(249)),
         Case::head("2000 headers", many(1999)),
-        Case::head("one 20 KB header value", format!("{GET}X-Big: {}\r\n\r\n", "v".repeat(20_000))),
+        Case::head(
+            "one 20 KB header value",
+            format!("{GET}X-Big: {}\r\n\r\n", "v".repeat(20_000)),
+        ),
         Case::head("Host missing", "GET / HTTP/1.1\r\nX-A: b\r\n\r\n"),
-        Case::head("Host twice, same value", "GET / HTTP/1.1\r\nHost: x\r\nHost: x\r\n\r\n"),
-        Case::head("Host twice, different values", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
-        Case::head("Host list in one field", "GET / HTTP/1.1\r\nHost: a, b\r\n\r\n")
-            .expected_after_hygiene(),
+        Case::head(
+            "Host twice, same value",
+            "GET / HTTP/1.1\r\nHost: x\r\nHost: x\r\n\r\n",
+        ),
+        Case::head(
+            "Host twice, different values",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ),
+        Case::head(
+            "Host list in one field",
+            "GET / HTTP/1.1\r\nHost: a, b\r\n\r\n",
+        )
+        .expected_after_hygiene(),
         Case::head("Host with a space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n")
             .expected_after_hygiene(),
         Case::head("Host with a path", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n")
