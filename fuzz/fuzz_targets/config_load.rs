@@ -23,7 +23,10 @@ fuzz_target!(|text: &str| {
         if let Some((line, column)) = e.location() {
             assert!(line >= 1 && column >= 1, "0-based location in {msg:?}");
             let lines = text.split('\n').count().max(1);
-            assert!(line <= lines, "line {line} past the end ({lines} lines): {msg:?}");
+            assert!(
+                line <= lines,
+                "line {line} past the end ({lines} lines): {msg:?}"
+            );
         }
     }
 });

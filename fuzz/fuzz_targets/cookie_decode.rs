@@ -78,7 +78,10 @@ fuzz_target!(|data: &[u8]| {
 
     // 3. Cookie headers: the name is the input up to the first NUL (or a fixed one).
     let (name, header) = match data.iter().position(|&b| b == 0) {
-        Some(n) => (String::from_utf8_lossy(&data[..n]).into_owned(), &data[n + 1..]),
+        Some(n) => (
+            String::from_utf8_lossy(&data[..n]).into_owned(),
+            &data[n + 1..],
+        ),
         None => ("tether_sid".to_string(), data),
     };
     if let Ok(value) = HeaderValue::from_bytes(header) {
