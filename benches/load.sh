@@ -5,6 +5,7 @@
 #   benches/load.sh --quick         # 3 s per run, 100k sessions (smoke run)
 #   benches/load.sh --repeat 3      # proxies take turns 3 times; the table shows medians
 #   benches/load.sh --only 'tether|haproxy-cookie:plain-cookie'   # a subset (regex over PROXY:SCENARIO)
+#   benches/load.sh --million-only --merge benches/results/load.json   # add the 1M-sessions rows
 #
 # Installs what is missing (oha with cargo; haproxy, nginx, curl, python3
 # with apt), builds tether and the bench examples in release, then calls
@@ -24,10 +25,10 @@ QUICK=0
 while (($#)); do
   case "$1" in
     --quick) QUICK=1 ;;
-    --repeat | --only | --duration | --connections | --sessions) ARGS+=("$1" "$2"); shift ;;
-    --no-million) ARGS+=("$1") ;;
+    --repeat | --only | --duration | --connections | --sessions | --merge) ARGS+=("$1" "$2"); shift ;;
+    --no-million | --million-only) ARGS+=("$1") ;;
     -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [--quick] [--repeat N] [--only REGEX] [--duration S] [--connections N] [--sessions N] [--no-million]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--repeat N] [--only REGEX] [--duration S] [--connections N] [--sessions N] [--no-million|--million-only] [--merge FILE]" >&2; exit 2 ;;
   esac
   shift
 done

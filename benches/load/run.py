@@ -489,6 +489,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--sessions", type=int, default=1_000_000)
     ap.add_argument("--no-million", action="store_true", help="skip the live-sessions runs")
+    ap.add_argument("--million-only", action="store_true", help="only the live-sessions runs")
+    ap.add_argument("--merge", help="start from the runs in this load.json (e.g. to add --million-only)")
     ap.add_argument("--only", default="", help="regex over PROXY:SCENARIO (e.g. 'tether|haproxy-cookie:plain-cookie')")
     ap.add_argument("--tether", required=True)
     ap.add_argument("--backend", required=True)
@@ -504,6 +506,12 @@ def main():
     log(f"work dir (configs, logs, raw oha JSON): {work}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     results = {"runs": {}}
+    if args.merge:
+        with open(args.merge) as f:
+            prev = json.load(f)
+        results["runs"] = prev.get("runs", {})
+        if "million" in prev:
+            results["million"] = prev["million"]
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
@@ -535,7 +543,7 @@ def main():
                 time.sleep(0.05)
             else:
                 raise SystemExit(f"load: backend {name} did not start")
-        for rep in range(args.repeat):
+        for rep in range(0 if args.million_only else args.repeat):
             log(f"round {rep + 1}/{args.repeat}")
             if want(args, DIRECT, "plain-cookie"):
                 record(results, DIRECT, "plain-cookie", rep,
@@ -543,7 +551,7 @@ def main():
             run_tether(args, work, ports, rep, results)
             run_haproxy(args, work, ports, rep, results)
             run_nginx(args, work, ports, rep, results)
-        if not args.no_million and not args.only:
+        if args.million_only or (not args.no_million and not args.only):
             run_million(args, work, ports, results)
     finally:
         stop_all()
