@@ -6,7 +6,10 @@
 //! Response: hop-by-hop headers go, `Tether-Session-Control` is taken out and
 //! returned to the caller, tether's Set-Cookie is added beside the app's.
 
+use std::io::Write as _;
 use std::net::IpAddr;
+
+use bytes::Bytes;
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, SET_COOKIE, TE, TRAILER,
@@ -224,14 +227,30 @@ pub fn to_upstream(
 }
 
 fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
-    let ip = ip.to_canonical().to_string();
-    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+    // Formatted on the stack: an address is at most 45 bytes (IPv6 with an
+    // IPv4 tail), and this runs on every request, so no String per request.
+    let mut buf = [0u8; 48];
+    let len = {
+        let mut w = &mut buf[..];
+        if write!(w, "{}", ip.to_canonical()).is_err() {
+            return;
+        }
+        48 - w.len()
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        // Several X-Forwarded-For fields fold into one list.
-        h.remove(&X_FORWARDED_FOR);
+    let ip = &buf[..len];
+    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip);
+            HeaderValue::from_maybe_shared(Bytes::from(v))
+        }
+        _ => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(v) = value {
+        // `insert` replaces every earlier field: several X-Forwarded-For
+        // fields fold into one list.
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
 }

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Load: tether vs HAProxy vs nginx, same backends, same load, one core each.
+#
+#   benches/load.sh                 # 10 s per run, 50 connections, + 1M live sessions
+#   benches/load.sh --quick         # 3 s per run, 100k sessions (smoke run)
+#   benches/load.sh --repeat 3      # proxies take turns 3 times; the table shows medians
+#   benches/load.sh --only 'tether|haproxy-cookie:plain-cookie'   # a subset (regex over PROXY:SCENARIO)
+#   benches/load.sh --million-only --merge benches/results/load.json   # add the 1M-sessions rows
+#
+# Installs what is missing (oha with cargo; haproxy, nginx, curl, python3
+# with apt), builds tether and the bench examples in release, then calls
+# benches/load/run.py, which starts three bench backends and each proxy
+# pinned to core 0 (taskset) with one worker, runs oha pinned to core 1, and
+# writes benches/results/load.md (the table) and load.json (every run).
+# Configs are the templates in benches/load/. Every process it starts is
+# bounded by `timeout` and stopped by PID; all traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export PATH="$HOME/.cargo/bin:$PATH"
+
+ORIG="$*"
+ARGS=()
+QUICK=0
+while (($#)); do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --repeat | --only | --duration | --connections | --sessions | --merge) ARGS+=("$1" "$2"); shift ;;
+    --no-million | --million-only) ARGS+=("$1") ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [--quick] [--repeat N] [--only REGEX] [--duration S] [--connections N] [--sessions N] [--no-million|--million-only] [--merge FILE]" >&2; exit 2 ;;
+  esac
+  shift
+done
+((QUICK)) && ARGS=(--duration 3 --sessions 100000 "${ARGS[@]}")
+
+log() { echo "load: $*" >&2; }
+apt_install() {
+  log "installing $* (apt)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+command -v python3 >/dev/null || apt_install python3
+command -v curl >/dev/null || apt_install curl
+command -v taskset >/dev/null || apt_install util-linux
+command -v haproxy >/dev/null || apt_install haproxy
+command -v nginx >/dev/null || PATH="$PATH:/usr/sbin" command -v nginx >/dev/null || apt_install nginx
+export PATH="$PATH:/usr/sbin"
+if ! command -v oha >/dev/null; then
+  log "installing oha (cargo install oha --locked; takes several minutes)"
+  cargo install oha --locked
+fi
+if (($(nproc) < 2)); then
+  log "needs 2 cores (proxy on core 0, load on core 1); found $(nproc)"
+  exit 1
+fi
+
+log "building (release): tether, bench_backend, session_load"
+cargo build --release --quiet --bin tether --example bench_backend --example session_load
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
+export TETHER_COMMIT="$COMMIT$DIRTY"
+exec python3 "$ROOT/benches/load/run.py" \
+  --tether "$TARGET/release/tether" \
+  --backend "$TARGET/release/examples/bench_backend" \
+  --session-load "$TARGET/release/examples/session_load" \
+  --oha "$(command -v oha)" \
+  --command "benches/load.sh${ORIG:+ $ORIG}" \
+  "${ARGS[@]}"

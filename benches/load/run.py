@@ -1,0 +1,568 @@
+#!/usr/bin/env python3
+"""The runner behind benches/load.sh: tether vs HAProxy vs nginx under oha.
+
+Starts three bench backends (core 1), then each proxy in turn pinned to
+core 0 with one worker thread, runs oha (core 1) against each scenario for a
+fixed time at a fixed concurrency, and records requests/s, p50/p99 latency,
+errors and the proxy's CPU time per successful request (utime+stime of the
+proxy's whole process tree from /proc, before and after). With --repeat N
+the proxies take turns N times and the table shows medians. Writes
+benches/results/load.md and load.json and prints the table.
+
+Every process it starts is its own child, bounded by `timeout`, and stopped
+by PID; all traffic stays on 127.0.0.1.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+HERE = os.path.join(ROOT, "benches", "load")
+RESULTS = os.path.join(ROOT, "benches", "results")
+TICK = os.sysconf("SC_CLK_TCK")
+PROXY_CORE = "0"
+LOAD_CORE = "1"
+
+CHILDREN = []  # Popen objects we started, stopped by PID on exit
+
+
+def log(msg):
+    print(f"load: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start(argv, out_path, life):
+    """Starts argv under `timeout` (so it cannot outlive the run) and returns
+    the Popen of the `timeout` process."""
+    out = open(out_path, "w")
+    p = subprocess.Popen(
+        ["timeout", "--signal=TERM", "--kill-after=5", str(life)] + argv,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=False,
+    )
+    CHILDREN.append(p)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)  # timeout forwards it to its child
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if p in CHILDREN:
+        CHILDREN.remove(p)
+
+
+def stop_all():
+    for p in list(CHILDREN):
+        stop(p)
+
+
+def children_of(pid):
+    kids = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children_of(p)
+    return out
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / TICK
+
+
+def rss_mib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def wait_port(port, proc, what, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"load: {what} did not come up on port {port}")
+
+
+def wait_http(url, what, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = subprocess.run(
+            ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", url],
+            capture_output=True,
+            text=True,
+        )
+        if r.stdout.strip() == "200":
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"load: {what} does not answer 200 at {url}")
+
+
+def fill(template, out_path, values):
+    with open(os.path.join(HERE, template)) as f:
+        # safe_substitute: nginx's own $variables pass through untouched.
+        text = string.Template(f.read()).safe_substitute(values)
+    if "${" in text:
+        raise SystemExit(f"load: {template}: a ${{...}} placeholder was not filled")
+    with open(out_path, "w") as f:
+        f.write(text)
+    return out_path
+
+
+def set_cookie_of(url, name):
+    """The value of Set-Cookie `name` from one curl to url."""
+    r = subprocess.run(
+        ["curl", "-sk", "-D", "-", "-o", "/dev/null", "--max-time", "2", url],
+        capture_output=True,
+        text=True,
+    )
+    m = re.search(rf"(?im)^set-cookie:\s*{re.escape(name)}=([^;\r\n]*)", r.stdout)
+    if not m:
+        raise SystemExit(f"load: no {name} cookie from {url}:\n{r.stdout}")
+    return m.group(1)
+
+
+# ---- one oha run ----------------------------------------------------------------
+
+
+def oha(args, work, tag, url, proxy_pids, cookie=None, keepalive=True):
+    argv = [
+        "taskset", "-c", LOAD_CORE, args.oha,
+        "-z", f"{args.duration}s", "-c", str(args.connections),
+        "--no-tui", "--output-format", "json", "--insecure",
+    ]
+    if not keepalive:
+        argv.append("--disable-keepalive")
+    if cookie:
+        argv += ["-H", f"Cookie: {cookie}"]
+    argv.append(url)
+    load = loadavg()
+    pids = [p for root in proxy_pids for p in tree(root)] if proxy_pids else []
+    cpu0 = cpu_seconds(pids)
+    r = subprocess.run(
+        ["timeout", "--signal=INT", "--kill-after=10", str(args.duration + 30)] + argv,
+        capture_output=True,
+        text=True,
+    )
+    cpu1 = cpu_seconds(pids)
+    with open(os.path.join(work, f"{tag}.json"), "w") as f:
+        f.write(r.stdout)
+    if r.returncode != 0:
+        raise SystemExit(f"load: oha failed for {tag}: {r.stderr[-2000:]}")
+    j = json.loads(r.stdout)
+    codes = {int(k): v for k, v in j.get("statusCodeDistribution", {}).items()}
+    ok = sum(v for k, v in codes.items() if 200 <= k < 300)
+    errors = sum(v for k, v in codes.items() if not 200 <= k < 300)
+    # Requests cut off by the end of the run are not errors.
+    errors += sum(v for k, v in j.get("errorDistribution", {}).items() if k != "aborted due to deadline")
+    secs = j["summary"]["total"]
+    lat = j.get("latencyPercentiles", {})
+    res = {
+        "rps": ok / secs if secs else 0.0,
+        "p50_ms": (lat.get("p50") or 0) * 1000,
+        "p99_ms": (lat.get("p99") or 0) * 1000,
+        "ok": ok,
+        "errors": errors,
+        "cpu_us": (cpu1 - cpu0) / ok * 1e6 if proxy_pids and ok else None,
+        "loadavg": load,
+    }
+    cpu = f"{res['cpu_us']:.1f} us/req" if res["cpu_us"] is not None else "-"
+    log(f"  {tag}: {res['rps']:.0f} req/s p50 {res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms "
+        f"err {errors} cpu {cpu} (loadavg {load})")
+    return res
+
+
+# ---- scenarios ----------------------------------------------------------------
+
+# (row key, label, keep-alive?)
+SCENARIOS = [
+    ("plain-new", "plain, sticky, no cookie (every request a new session)"),
+    ("plain-cookie", "plain, sticky, returning cookie"),
+    ("plain-rotate", "plain, rotate / round-robin"),
+    ("tls-new", "TLS keep-alive, sticky, no cookie"),
+    ("tls-cookie", "TLS keep-alive, sticky, returning cookie"),
+    ("tls-handshake", "TLS without keep-alive (a handshake per request), sticky cookie"),
+]
+PROXIES = ["tether", "haproxy-cookie", "haproxy-hash", "nginx-hash"]
+DIRECT = "backend direct"
+
+
+def wanted(args, proxies):
+    return any(want(args, p, k) for p in proxies for k, _ in SCENARIOS)
+
+
+def run_tether(args, work, ports, rep, results):
+    if not wanted(args, ["tether"]):
+        return
+    tls_url = lambda p: f"https://localhost:{p}/"
+    for mode in ("sticky", "rotate"):
+        plain, tls = free_port(), free_port()
+        cfg = fill("tether.toml.in", os.path.join(work, f"tether-{mode}.toml"), {
+            "PLAIN": plain, "TLS": tls, "ROOT": ROOT, "MODE": mode,
+            "B1": ports[0], "B2": ports[1], "B3": ports[2],
+        })
+        p = start(["taskset", "-c", PROXY_CORE, args.tether, "run", "-c", cfg],
+                  os.path.join(work, f"tether-{mode}.log"), args.life)
+        wait_port(plain, p, "tether")
+        wait_http(f"http://127.0.0.1:{plain}/", "tether")
+        time.sleep(0.3)
+        if mode == "rotate":
+            if want(args, "tether", "plain-rotate"):
+                record(results, "tether", "plain-rotate", rep,
+                       oha(args, work, f"tether-plain-rotate-{rep}", f"http://127.0.0.1:{plain}/", [p.pid]))
+        else:
+            sid = "tether_sid=" + set_cookie_of(f"http://127.0.0.1:{plain}/", "tether_sid")
+            tsid = "tether_sid=" + set_cookie_of(tls_url(tls), "tether_sid")
+            runs = [
+                ("plain-new", f"http://127.0.0.1:{plain}/", None, True),
+                ("plain-cookie", f"http://127.0.0.1:{plain}/", sid, True),
+                ("tls-new", tls_url(tls), None, True),
+                ("tls-cookie", tls_url(tls), tsid, True),
+                ("tls-handshake", tls_url(tls), tsid, False),
+            ]
+            for key, url, cookie, ka in runs:
+                if want(args, "tether", key):
+                    record(results, "tether", key, rep,
+                           oha(args, work, f"tether-{key}-{rep}", url, [p.pid], cookie, ka))
+        stop(p)
+
+
+def run_haproxy(args, work, ports, rep, results):
+    if not wanted(args, ["haproxy-cookie", "haproxy-hash"]):
+        return
+    pem = os.path.join(work, "localhost.pem")
+    with open(pem, "w") as f:
+        for part in ("localhost.crt", "localhost.key"):
+            with open(os.path.join(ROOT, "certs", part)) as src:
+                f.write(src.read())
+    v = {k: free_port() for k in ("COOKIE_PLAIN", "COOKIE_TLS", "HASH_PLAIN", "HASH_TLS", "RR_PLAIN")}
+    v.update({"PEM": pem, "B1": ports[0], "B2": ports[1], "B3": ports[2]})
+    cfg = fill("haproxy.cfg.in", os.path.join(work, "haproxy.cfg"), v)
+    subprocess.run(["haproxy", "-c", "-q", "-f", cfg], check=True)
+    p = start(["taskset", "-c", PROXY_CORE, "haproxy", "-f", cfg, "-db"],
+              os.path.join(work, "haproxy.log"), args.life)
+    wait_port(v["COOKIE_PLAIN"], p, "haproxy")
+    wait_http(f"http://127.0.0.1:{v['COOKIE_PLAIN']}/", "haproxy")
+    time.sleep(0.5)
+    srv = "SRV=" + set_cookie_of(f"http://127.0.0.1:{v['COOKIE_PLAIN']}/", "SRV")
+    # The hash variant hashes the Cookie header: give it a tether-shaped one.
+    sid = "tether_sid=" + "A" * 86
+    plain = lambda k: f"http://127.0.0.1:{v[k]}/"
+    tls = lambda k: f"https://localhost:{v[k]}/"
+    runs = [
+        ("haproxy-cookie", "plain-new", plain("COOKIE_PLAIN"), None, True),
+        ("haproxy-cookie", "plain-cookie", plain("COOKIE_PLAIN"), srv, True),
+        ("haproxy-cookie", "plain-rotate", plain("RR_PLAIN"), None, True),
+        ("haproxy-cookie", "tls-new", tls("COOKIE_TLS"), None, True),
+        ("haproxy-cookie", "tls-cookie", tls("COOKIE_TLS"), srv, True),
+        ("haproxy-cookie", "tls-handshake", tls("COOKIE_TLS"), srv, False),
+        ("haproxy-hash", "plain-cookie", plain("HASH_PLAIN"), sid, True),
+        ("haproxy-hash", "tls-cookie", tls("HASH_TLS"), sid, True),
+    ]
+    for proxy, key, url, cookie, ka in runs:
+        if want(args, proxy, key):
+            record(results, proxy, key, rep,
+                   oha(args, work, f"{proxy}-{key}-{rep}", url, [p.pid], cookie, ka))
+    stop(p)
+
+
+def run_nginx(args, work, ports, rep, results):
+    if not wanted(args, ["nginx-hash"]):
+        return
+    v = {k: free_port() for k in ("HASH_PLAIN", "HASH_TLS", "RR_PLAIN")}
+    v.update({"WORK": work, "ROOT": ROOT, "B1": ports[0], "B2": ports[1], "B3": ports[2]})
+    cfg = fill("nginx.conf.in", os.path.join(work, "nginx.conf"), v)
+    subprocess.run(["nginx", "-t", "-q", "-c", cfg, "-g", "daemon off;"], check=True,
+                   stderr=subprocess.DEVNULL)
+    p = start(["taskset", "-c", PROXY_CORE, "nginx", "-c", cfg, "-g", "daemon off;"],
+              os.path.join(work, "nginx.log"), args.life)
+    wait_port(v["HASH_PLAIN"], p, "nginx")
+    wait_http(f"http://127.0.0.1:{v['HASH_PLAIN']}/", "nginx")
+    sid = "tether_sid=" + "A" * 86
+    plain = lambda k: f"http://127.0.0.1:{v[k]}/"
+    tls = lambda k: f"https://localhost:{v[k]}/"
+    runs = [
+        ("plain-new", plain("HASH_PLAIN"), None, True),
+        ("plain-cookie", plain("HASH_PLAIN"), sid, True),
+        ("plain-rotate", plain("RR_PLAIN"), None, True),
+        ("tls-new", tls("HASH_TLS"), None, True),
+        ("tls-cookie", tls("HASH_TLS"), sid, True),
+        ("tls-handshake", tls("HASH_TLS"), sid, False),
+    ]
+    for key, url, cookie, ka in runs:
+        if want(args, "nginx-hash", key):
+            record(results, "nginx-hash", key, rep,
+                   oha(args, work, f"nginx-{key}-{rep}", url, [p.pid], cookie, ka))
+    stop(p)
+
+
+def run_million(args, work, ports, results):
+    """tether with a small and with a large store, loaded over its sessions."""
+    out = {}
+    for label, n in (("small", 1000), ("large", args.sessions)):
+        plain, tls = free_port(), free_port()
+        cfg = fill("tether.toml.in", os.path.join(work, f"tether-{label}.toml"), {
+            "PLAIN": plain, "TLS": tls, "ROOT": ROOT, "MODE": "sticky",
+            "B1": ports[0], "B2": ports[1], "B3": ports[2],
+        })
+        p = start(["taskset", "-c", PROXY_CORE, args.tether, "run", "-c", cfg],
+                  os.path.join(work, f"tether-{label}.log"), args.life)
+        wait_port(plain, p, "tether")
+        wait_http(f"http://127.0.0.1:{plain}/", "tether")
+        log(f"1M: filling the store with {n} sessions")
+        base = ["taskset", "-c", LOAD_CORE, args.session_load, "--config", cfg,
+                "--target", f"127.0.0.1:{plain}", "--sessions", str(n),
+                "--issued-ms", str(int(time.time() * 1000))]
+        fillr = subprocess.run(["timeout", "--kill-after=10", "900"] + base + ["--fill"],
+                               capture_output=True, text=True, check=True)
+        filled = json.loads(fillr.stdout)
+        log(f"  filled {filled['filled']} in {filled['fill_seconds']:.1f} s ({filled['fill_errors']} errors)")
+        rows = []
+        for rep in range(args.repeat):
+            load = loadavg()
+            cpu0 = cpu_seconds(tree(p.pid))
+            r = subprocess.run(
+                ["timeout", "--kill-after=10", str(args.duration + 120)] + base
+                + ["--connections", str(args.connections), "--measure", f"{args.duration}s"],
+                capture_output=True, text=True, check=True)
+            cpu1 = cpu_seconds(tree(p.pid))
+            m = json.loads(r.stdout)["measure"]
+            per = (cpu1 - cpu0) / m["requests"] * 1e6
+            rows.append({"rps": m["rps"], "errors": m["errors"], "cpu_us": per, "loadavg": load})
+            log(f"  {label} store ({n}): {m['rps']:.0f} req/s err {m['errors']} cpu {per:.1f} us/req "
+                f"(loadavg {load})")
+        out[label] = {
+            "sessions": n,
+            "rps": statistics.median(r["rps"] for r in rows),
+            "cpu_us": statistics.median(r["cpu_us"] for r in rows),
+            "errors": sum(r["errors"] for r in rows),
+            "rss_mib": rss_mib(tree(p.pid)),
+            "runs": rows,
+        }
+        stop(p)
+    results["million"] = out
+
+
+# ---- bookkeeping and the table ------------------------------------------------
+
+
+def want(args, proxy, key):
+    return not args.only or re.search(args.only, f"{proxy}:{key}")
+
+
+def record(results, proxy, key, rep, res):
+    results["runs"].setdefault(f"{proxy}|{key}", []).append(res)
+
+
+def med(runs, field):
+    vals = [r[field] for r in runs if r.get(field) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def table(results, meta):
+    runs = results["runs"]
+    lines = [
+        "| scenario | proxy | req/s | p50 ms | p99 ms | errors | CPU us/req | req/s vs HAProxy | CPU vs HAProxy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    d = runs.get(f"{DIRECT}|plain-cookie")
+    if d:
+        lines.append(f"| plain (ceiling) | {DIRECT} | {med(d, 'rps'):.0f} | {med(d, 'p50_ms'):.2f} | "
+                     f"{med(d, 'p99_ms'):.2f} | {sum(r['errors'] for r in d)} | - | - | - |")
+    for key, label in SCENARIOS:
+        ref = runs.get(f"haproxy-cookie|{key}")
+        ref_rps, ref_cpu = (med(ref, "rps"), med(ref, "cpu_us")) if ref else (None, None)
+        for proxy in PROXIES:
+            rs = runs.get(f"{proxy}|{key}")
+            if not rs:
+                continue
+            rps, cpu = med(rs, "rps"), med(rs, "cpu_us")
+            ratio_rps = f"{rps / ref_rps:.2f}" if ref_rps else "-"
+            ratio_cpu = f"{cpu / ref_cpu:.2f}" if ref_cpu and cpu else "-"
+            lines.append(
+                f"| {label} | {proxy} | {rps:.0f} | {fmt(med(rs, 'p50_ms'), '.2f')} | "
+                f"{fmt(med(rs, 'p99_ms'), '.2f')} | {sum(r['errors'] for r in rs)} | "
+                f"{fmt(cpu, '.1f')} | {ratio_rps} | {ratio_cpu} |")
+    m = results.get("million")
+    if m:
+        s, l = m["small"], m["large"]
+        lines += [
+            "",
+            "Live sessions in the memory store (tether, plain, each request carries the cookie of a "
+            "random session from the store; session_load client):",
+            "",
+            "| store | req/s | CPU us/req | RSS MiB | errors |",
+            "|---|---:|---:|---:|---:|",
+            f"| {s['sessions']} sessions | {s['rps']:.0f} | {s['cpu_us']:.1f} | {s['rss_mib']:.0f} | {s['errors']} |",
+            f"| {l['sessions']} sessions | {l['rps']:.0f} | {l['cpu_us']:.1f} | {l['rss_mib']:.0f} | {l['errors']} |",
+            "",
+            f"Throughput with {l['sessions']} sessions: {l['rps'] / s['rps']:.3f} x the small store's "
+            f"(loss {100 * (1 - l['rps'] / s['rps']):.1f}%); CPU per request {l['cpu_us'] / s['cpu_us']:.3f} x.",
+        ]
+    head = [
+        f"Machine: {meta['cpu']} ({meta['ncpu']} cores), {meta['kernel']}; {meta['date']}.",
+        f"Command: `{meta['command']}` (tether {meta['commit']}, {meta['haproxy']}, {meta['nginx']}, oha {meta['oha']}).",
+        f"Each run {meta['duration']} s at {meta['connections']} connections; medians of {meta['repeat']} "
+        f"run(s) per cell, the proxies taking turns. Proxy pinned to core {PROXY_CORE} with one worker "
+        f"thread/process; oha and the three backends on core {LOAD_CORE}. CPU us/req = the proxy's "
+        f"utime+stime over successful requests. Load average before the runs: {meta['loadavg']} "
+        f"(other work shared the machine; per-run values in load.json).",
+        "",
+        "HAProxy: `cookie SRV insert indirect nocache` (haproxy-cookie) and `balance hdr(cookie)` + "
+        "`hash-type consistent` (haproxy-hash); nginx: `hash $cookie_tether_sid consistent`. "
+        "Ratios are against haproxy-cookie in the same scenario. Without a cookie, tether and "
+        "haproxy-cookie mint one per request; the hash variants have nothing to mint.",
+        "",
+    ]
+    return "\n".join(head + lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--sessions", type=int, default=1_000_000)
+    ap.add_argument("--no-million", action="store_true", help="skip the live-sessions runs")
+    ap.add_argument("--million-only", action="store_true", help="only the live-sessions runs")
+    ap.add_argument("--merge", help="start from the runs in this load.json (e.g. to add --million-only)")
+    ap.add_argument("--only", default="", help="regex over PROXY:SCENARIO (e.g. 'tether|haproxy-cookie:plain-cookie')")
+    ap.add_argument("--tether", required=True)
+    ap.add_argument("--backend", required=True)
+    ap.add_argument("--session-load", required=True)
+    ap.add_argument("--oha", default="oha")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "load"))
+    ap.add_argument("--command", default="benches/load.sh")
+    args = ap.parse_args()
+    per_rep = 30 * (args.duration + 3)
+    args.life = per_rep + 900
+
+    work = tempfile.mkdtemp(prefix="tether-load.")
+    log(f"work dir (configs, logs, raw oha JSON): {work}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    results = {"runs": {}}
+    if args.merge:
+        with open(args.merge) as f:
+            prev = json.load(f)
+        results["runs"] = prev.get("runs", {})
+        if "million" in prev:
+            results["million"] = prev["million"]
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
+        "ncpu": os.cpu_count(),
+        "kernel": f"Linux {platform.release()}",
+        "loadavg": loadavg(),
+        "duration": args.duration,
+        "connections": args.connections,
+        "repeat": args.repeat,
+        "command": args.command,
+        "commit": os.environ.get("TETHER_COMMIT", "?"),
+        "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0].split(" - ")[0],
+        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().replace("nginx version: ", ""),
+        "oha": subprocess.run([args.oha, "--version"], capture_output=True, text=True).stdout.split()[-1],
+    }
+    try:
+        ports = []
+        backends = []
+        for name in ("b1", "b2", "b3"):
+            out = os.path.join(work, f"{name}.out")
+            p = start(["taskset", "-c", LOAD_CORE, args.backend, "--name", name, "--port", "0",
+                       "--exit-after", f"{args.life}s"], out, args.life + 10)
+            backends.append(p)
+            for _ in range(200):
+                m = re.search(r"listening 127\.0\.0\.1:(\d+)", open(out).read())
+                if m:
+                    ports.append(int(m.group(1)))
+                    break
+                time.sleep(0.05)
+            else:
+                raise SystemExit(f"load: backend {name} did not start")
+        for rep in range(0 if args.million_only else args.repeat):
+            log(f"round {rep + 1}/{args.repeat}")
+            if want(args, DIRECT, "plain-cookie"):
+                record(results, DIRECT, "plain-cookie", rep,
+                       oha(args, work, f"direct-{rep}", f"http://127.0.0.1:{ports[0]}/", []))
+            run_tether(args, work, ports, rep, results)
+            run_haproxy(args, work, ports, rep, results)
+            run_nginx(args, work, ports, rep, results)
+        if args.million_only or (not args.no_million and not args.only):
+            run_million(args, work, ports, results)
+    finally:
+        stop_all()
+    md = table(results, meta)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".md", "w") as f:
+        f.write(md)
+    with open(args.out + ".json", "w") as f:
+        json.dump({"meta": meta, **results}, f, indent=1)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
