@@ -205,3 +205,36 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     assert_eq!(status.code(), Some(0));
     let _ = Duration::ZERO;
 }
+
+#[tokio::test]
+async fn the_demo_serves_its_backends_over_tls_with_the_embedded_certificate() {
+    let mut backends = vec![];
+    for name in ["demo-app1", "demo-app2", "demo-app3"] {
+        backends.push((name, tether::demo::spawn_backend(name).await.unwrap()));
+    }
+    // The demo's own config, on free ports instead of 8443/9901.
+    let cfg = tether::demo::demo_config("sticky", 0, Some(0), &backends).unwrap();
+    let running = tether::server::start(cfg).await.unwrap();
+    let addr = running.addrs()[0];
+    let req = || {
+        http::Request::get("/")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let r = send(addr, Proto::TlsH1, req()).await;
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    assert!(
+        text.starts_with("demo-app") && text.contains("session: new"),
+        "{text}"
+    );
+    let r = send(addr, Proto::TlsH2, req()).await;
+    assert_eq!(r.version, http::Version::HTTP_2);
+    let admin = running.admin_addr().expect("the demo has an admin API");
+    assert_eq!(backends_of(admin).await, 3);
+    running.shutdown().await;
+}
+
+async fn backends_of(admin: std::net::SocketAddr) -> usize {
+    backends(admin).await.len()
+}
