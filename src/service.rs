@@ -246,16 +246,18 @@ async fn proxy<'s>(
     // after its bytes may have reached a backend.
     let replay = (is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body))
         .then(|| Replay::new(&parts));
-    let watch = Arc::new(BodyWatch::default());
-    let body = if http_body::Body::is_end_stream(&body) {
-        Body::stream(body)
+    // Only a request with a body can break or stall mid-stream.
+    let (body, watch) = if http_body::Body::is_end_stream(&body) {
+        (Body::stream(body), None)
     } else {
-        Body::Request {
+        let watch = Arc::new(BodyWatch::default());
+        let body = Body::Request {
             inner: body,
             watch: watch.clone(),
             pause: snap.client_body,
             timer: None,
-        }
+        };
+        (body, Some(watch))
     };
     let mut req = Request::from_parts(parts, body);
 
@@ -278,7 +280,7 @@ async fn proxy<'s>(
             }
             Err(SendError { failure, request }) => {
                 let name = &*b.name;
-                match (watch.get(), &failure) {
+                match (watch.as_ref().map_or(0, |w| w.get()), &failure) {
                     // The client's body broke or stalled: its fault, not the backend's.
                     (BODY_BROKEN, Failure::Broken(_)) => {
                         return Err((ProxyError::BadRequest("malformed request body"), Some(b)));

@@ -116,7 +116,8 @@ fn signal(child: &std::process::Child, sig: &str) {
 async fn sighup_reloads_the_file_and_refuses_a_broken_one() {
     let a = Backend::start("app1").await;
     let b = Backend::start("app2").await;
-    let admin_section = "\n[admin]\nbind = \"127.0.0.1:0\"\n";
+    // One worker: the current-thread runtime serves, reloads and stops too.
+    let admin_section = "\n[admin]\nbind = \"127.0.0.1:0\"\n[runtime]\nworker_threads = 1\n";
     let p = write_config("hup", &(config("", &[&a]) + admin_section));
     let (mut child, addrs, logs) = spawn_tether(&p);
     let (proxy, adm) = (addrs[0], addrs[1]);
