@@ -203,7 +203,11 @@ async fn killing_one_of_three_moves_only_its_own_sessions() {
         Backend::start("app2").await,
         Backend::start("app3").await,
     );
-    let t = Tether::start(&with_admin(config("", &[&a, &b, &c]))).await;
+    // Generous probe timeouts: on a loaded machine a slow probe must not mark a
+    // *surviving* backend down (that would move sessions this test says stay).
+    let cfg = config("", &[&a, &b, &c])
+        + "\n[health]\ninterval = \"100ms\"\ntimeout = \"2s\"\nfall = 3\n[admin]\nbind = \"127.0.0.1:0\"\n";
+    let t = Tether::start(&cfg).await;
     let mut sessions = Vec::new();
     for _ in 0..100 {
         let mut s = Session::new(t.addr());
