@@ -9,17 +9,6 @@ use tokio::net::TcpStream;
 
 use support::*;
 
-/// Writes raw bytes and reads until the peer closes or `HANG`.
-async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(HANG, tcp.read_to_end(&mut out))
-        .await
-        .expect("connection left open");
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn status_400_for_a_malformed_request() {
     let a = Backend::start("app1").await;
