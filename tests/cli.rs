@@ -68,6 +68,7 @@ fn run_refuses_a_bad_file_without_starting() {
 /// ("listening" lines, in order: proxy listeners, then the admin API).
 fn spawn_tether(
     config: &std::path::Path,
+    listeners: usize,
 ) -> (
     std::process::Child,
     Vec<std::net::SocketAddr>,
@@ -88,7 +89,7 @@ fn spawn_tether(
         }
     });
     let mut addrs = vec![];
-    while addrs.len() < 2 {
+    while addrs.len() < listeners {
         let line = rx.recv_timeout(HANG).expect("tether logs its addresses");
         if line.contains("listening") {
             let a = line
@@ -119,7 +120,7 @@ async fn sighup_reloads_the_file_and_refuses_a_broken_one() {
     // One worker: the current-thread runtime serves, reloads and stops too.
     let admin_section = "\n[admin]\nbind = \"127.0.0.1:0\"\n[runtime]\nworker_threads = 1\n";
     let p = write_config("hup", &(config("", &[&a]) + admin_section));
-    let (mut child, addrs, logs) = spawn_tether(&p);
+    let (mut child, addrs, logs) = spawn_tether(&p, 2);
     let (proxy, adm) = (addrs[0], addrs[1]);
     assert_eq!(backends(adm).await.len(), 1);
     std::fs::write(&p, config("", &[&a, &b]) + admin_section).unwrap();
@@ -157,43 +158,11 @@ async fn sighup_reloads_the_file_and_refuses_a_broken_one() {
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let a = Backend::start("app1").await;
     let p = write_config("term", &config("", &[&a]));
-    let mut child = tether()
-        .args(["run", "-c"])
-        .arg(&p)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The bound address is in the "listening" log line.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("listening") {
-                let addr = line
-                    .split("addr=")
-                    .nth(1)
-                    .unwrap()
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_string();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr: std::net::SocketAddr = rx
-        .recv_timeout(HANG)
-        .expect("tether logged its address")
-        .parse()
-        .unwrap();
+    let (mut child, addrs, _logs) = spawn_tether(&p, 1);
+    let addr = addrs[0];
     let inflight = tokio::spawn(async move { plain_get(addr, "/slow/1000", &[]).await.status });
     eventually("the slow request reached the backend", || a.hits() == 1).await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&child, "-TERM");
     assert_eq!(
         inflight.await.unwrap(),
         200,

@@ -306,6 +306,23 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Reads a whole response.
+    pub async fn read(resp: http::Response<Incoming>) -> Resp {
+        let version = resp.version();
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            version,
+        }
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
@@ -421,19 +438,7 @@ async fn send_inner(addr: SocketAddr, proto: Proto, mut req: Request<Full<Bytes>
             s.send_request(req).await.unwrap()
         }
     };
-    let version = resp.version();
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Resp {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-        version,
-    }
+    Resp::read(resp).await
 }
 
 pub fn get(path: &str) -> http::request::Builder {
@@ -477,19 +482,7 @@ pub async fn plain_get_from(
     .await
     .unwrap()
     .unwrap();
-    let version = resp.version();
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Resp {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-        version,
-    }
+    Resp::read(resp).await
 }
 
 /// Writes raw bytes on a new connection and reads until the peer closes
