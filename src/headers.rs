@@ -58,6 +58,14 @@ fn connection_has(h: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Upgrade` and
 /// `Connection: upgrade` survive so the peer can switch protocols.
 pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names, instead of a hashed lookup per hop-by-hop
+    // name: most messages carry none of them, and this runs twice per request.
+    if !h.keys().any(is_hop_by_hop) {
+        if keep_upgrade {
+            h.insert(CONNECTION, UPGRADE_TOKEN.clone());
+        }
+        return;
+    }
     if h.contains_key(CONNECTION) {
         let listed: Vec<HeaderName> = h
             .get_all(CONNECTION)
@@ -86,6 +94,46 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == CONNECTION
+        || n == TRANSFER_ENCODING
+        || n == TE
+        || n == TRAILER
+        || n == UPGRADE
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
+}
+
+/// Bytes allowed in a reg-name or IPv4 host (RFC 3986 unreserved, sub-delims
+/// but `,`, and `%` for escapes), as a table: this runs on every request.
+static HOST_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b';'
+                    | b'='
+                    | b'%'
+            );
+        b += 1;
+    }
+    t
+};
+
 /// Is `v` a valid `Host` (RFC 9110 section 7.2): `uri-host [":" port]`, no
 /// userinfo, path, list or whitespace?
 pub fn valid_host(v: &[u8]) -> bool {
@@ -113,27 +161,7 @@ pub fn valid_host(v: &[u8]) -> bool {
             None => (v, &b""[..]),
         }
     };
-    let host_ok = !host.is_empty()
-        && host.iter().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b';'
-                        | b'='
-                        | b'%'
-                )
-        });
+    let host_ok = !host.is_empty() && host.iter().all(|&b| HOST_BYTE[b as usize]);
     let port_ok = v.iter().all(|b| *b != b':') && port.is_empty()
         || (!port.is_empty()
             && port.len() <= 5
@@ -189,16 +217,14 @@ pub fn to_upstream(
     remove_hop_by_hop(h, upgrade);
 
     // The forwarded host is what the client asked for: Host in HTTP/1, :authority in HTTP/2.
-    let host = h.get(HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    if let Some(host) = host {
-        if !h.contains_key(HOST) {
-            h.insert(HOST, host.clone());
-        }
+    if let Some(host) = h.get(HOST).cloned() {
+        h.insert(X_FORWARDED_HOST.clone(), host);
+    } else if let Some(host) = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        h.insert(HOST, host.clone());
         h.insert(X_FORWARDED_HOST.clone(), host);
     }
     h.insert(
@@ -230,12 +256,37 @@ fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
     // Formatted on the stack: an address is at most 45 bytes (IPv6 with an
     // IPv4 tail), and this runs on every request, so no String per request.
     let mut buf = [0u8; 48];
-    let len = {
-        let mut w = &mut buf[..];
-        if write!(w, "{}", ip.to_canonical()).is_err() {
-            return;
+    let len = match ip.to_canonical() {
+        // By hand for IPv4: `fmt` machinery cost more than the rest of this function.
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    buf[n] = b'0' + d;
+                    n += 1;
+                }
+            }
+            n
         }
-        48 - w.len()
+        v6 => {
+            let mut w = &mut buf[..];
+            if write!(w, "{v6}").is_err() {
+                return;
+            }
+            48 - w.len()
+        }
     };
     let ip = &buf[..len];
     let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -256,7 +307,20 @@ fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
 }
 
 fn strip_request_cookie(h: &mut HeaderMap, name: &str) {
-    if !h.contains_key(COOKIE) {
+    // The usual case, one Cookie field, costs one lookup and one edit.
+    let mut fields = h.get_all(COOKIE).iter();
+    let only = match (fields.next(), fields.next()) {
+        (None, _) => return,
+        (Some(v), None) => Some((v.len(), strip_cookie(v, name))),
+        _ => None,
+    };
+    if let Some((len, stripped)) = only {
+        match stripped {
+            None => drop(h.remove(COOKIE)),
+            // Stripping shortens the value; the same length means not ours.
+            Some(v) if v.len() != len => drop(h.insert(COOKIE, v)),
+            Some(_) => {}
+        }
         return;
     }
     let kept: Vec<HeaderValue> = h
@@ -281,9 +345,11 @@ pub fn set_session_state(h: &mut HeaderMap, state: SessionState) {
 pub fn to_client(parts: &mut response::Parts) -> Option<Control> {
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(&mut parts.headers, switching);
-    let control = parts.headers.get(&SESSION_CONTROL).and_then(Control::parse);
-    parts.headers.remove(&SESSION_CONTROL);
-    control
+    // One lookup: `remove` drops every field and hands back the first, the one that counts.
+    parts
+        .headers
+        .remove(&SESSION_CONTROL)
+        .and_then(|v| Control::parse(&v))
 }
 
 /// Adds tether's Set-Cookie beside the app's own.
@@ -343,6 +409,20 @@ mod tests {
         assert_eq!(p.headers["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(p.headers["x-forwarded-proto"], "https");
         assert_eq!(p.headers["x-forwarded-host"], "shop.example");
+    }
+
+    #[test]
+    fn forwarded_for_prints_every_address_form() {
+        for (ip, want) in [
+            ("0.9.10.99", "0.9.10.99"),
+            ("100.200.255.1", "100.200.255.1"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("2001:db8::1", "2001:db8::1"),
+        ] {
+            let mut p = parts(Request::get("/").header("host", "a").body(()).unwrap());
+            to_upstream(&mut p, ip.parse().unwrap(), false, None);
+            assert_eq!(p.headers["x-forwarded-for"], want, "{ip}");
+        }
     }
 
     #[test]

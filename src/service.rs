@@ -108,10 +108,14 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let snap = shared.snapshot.load_full();
-    let started = Instant::now();
-    let log = snap
-        .access_log
-        .then(|| (req.method().clone(), req.uri().path().to_owned()));
+    // Clock reads and copies only when the access log wants them.
+    let log = snap.access_log.then(|| {
+        (
+            req.method().clone(),
+            req.uri().path().to_owned(),
+            Instant::now(),
+        )
+    });
     let outcome = if ambiguous {
         Err((
             ProxyError::BadRequest("both Content-Length and Transfer-Encoding"),
@@ -143,7 +147,7 @@ pub async fn handle(
     if let Some(state) = state {
         shared.metrics.session(event_of(state));
     }
-    if let Some((method, path)) = log {
+    if let Some((method, path, started)) = log {
         tracing::info!(
             target: "tether::access",
             client = %conn.peer.ip(),

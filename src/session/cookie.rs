@@ -403,15 +403,26 @@ pub fn strip_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
 
 /// The non-empty `;`-separated pairs of a Cookie header, trimmed.
 fn pairs(header: &[u8]) -> impl Iterator<Item = &[u8]> {
-    header
-        .split(|&b| b == b';')
-        .map(trim_ows)
-        .filter(|pair| !pair.is_empty())
+    // memchr rather than a byte-at-a-time split: every request's Cookie
+    // header is walked here twice (find, then strip).
+    let mut rest = Some(header);
+    std::iter::from_fn(move || loop {
+        let s = rest?;
+        let (pair, tail) = match memchr::memchr(b';', s) {
+            Some(i) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        };
+        rest = tail;
+        let pair = trim_ows(pair);
+        if !pair.is_empty() {
+            return Some(pair);
+        }
+    })
 }
 
 /// `(name, value)` of a trimmed pair; a pair without `=` has no value and matches no name.
 fn split_pair(pair: &[u8]) -> (&[u8], Option<&[u8]>) {
-    match pair.iter().position(|&b| b == b'=') {
+    match memchr::memchr(b'=', pair) {
         Some(eq) => (trim_ows(&pair[..eq]), Some(trim_ows(&pair[eq + 1..]))),
         None => (pair, None),
     }
