@@ -9,12 +9,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
+use aws_lc_rs::digest;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use ring::digest;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use ring::hmac;
+use aws_lc_rs::hmac;
 
 use crate::config::BindTo;
 

@@ -23,12 +23,12 @@
 
 use std::fmt;
 
+use aws_lc_rs::hmac;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::HeaderValue;
 use rand::rngs::OsRng;
 use rand::TryRngCore as _;
-use ring::hmac;
 
 /// Version byte at the front of every cookie this module writes.
 const VERSION: u8 = 1;
@@ -199,9 +199,9 @@ fn derive_key(secret: &[u8]) -> hmac::Key {
 }
 
 /// Compares two tags in time independent of where they differ, so response timing cannot guide
-/// a forger byte by byte. ring's `constant_time` module would do, but ring 0.17 deprecates it
-/// ("will be removed"); this fold is the same idea, with `black_box` keeping the optimiser from
-/// turning it back into an early exit.
+/// a forger byte by byte: a fold over every byte (ring deprecated its `constant_time` module,
+/// and aws-lc-rs copies ring's API), with `black_box` keeping the optimiser from turning it back
+/// into an early exit.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;

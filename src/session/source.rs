@@ -6,9 +6,9 @@
 //! is: it is digested under the secret into 128 bits for the store and 64 for
 //! the ring. Instances that share the secret derive the same digests.
 
+use aws_lc_rs::hmac;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, Uri};
-use ring::hmac;
 
 use crate::session::cookie::find_cookie;
 use crate::store::SessionKey;

@@ -123,7 +123,7 @@ const BATCH: usize = 512;
 /// How to reach Redis and what to keep locally.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://` or `rediss://` URL (TLS through rustls with ring).
+    /// `redis://` or `rediss://` URL (TLS through rustls with aws-lc-rs).
     pub url: String,
     /// Prefix of every key and of the pub/sub channel.
     pub key_prefix: String,
