@@ -3,7 +3,7 @@
 #
 #   benches/load.sh                 # 10 s per run, 50 connections, + 1M live sessions
 #   benches/load.sh --quick         # 3 s per run, 100k sessions (smoke run)
-#   benches/load.sh --repeat 3      # proxies take turns 3 times; the table shows medians
+#   benches/load.sh --repeat 3      # 3 rounds (each scenario on each proxy back to back); medians
 #   benches/load.sh --only 'tether|haproxy-cookie:plain-cookie'   # a subset (regex over PROXY:SCENARIO)
 #   benches/load.sh --million-only --merge benches/results/load.json   # add the 1M-sessions rows
 #

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The runner behind benches/load.sh: tether vs HAProxy vs nginx under oha.
 
-Starts three bench backends (core 1), then each proxy in turn pinned to
-core 0 with one worker thread, runs oha (core 1) against each scenario for a
-fixed time at a fixed concurrency, and records requests/s, p50/p99 latency,
-errors and the proxy's CPU time per successful request (utime+stime of the
-proxy's whole process tree from /proc, before and after). With --repeat N
-the proxies take turns N times and the table shows medians. Writes
+Starts three bench backends (core 1) and every proxy, each pinned to core 0
+with one worker thread, then runs oha (core 1) against each scenario on each
+proxy back to back, for a fixed time at a fixed concurrency, and records
+requests/s, p50/p99 latency, errors and the proxy's CPU time per successful
+request (utime+stime of the proxy's whole process tree from /proc, before
+and after). With --repeat N there are N rounds, the proxies' order rotating
+per round, and the table shows medians. Writes
 benches/results/load.md and load.json and prints the table.
 
 Every process it starts is its own child, bounded by `timeout`, and stopped
@@ -79,6 +80,12 @@ def stop(p):
 def stop_all():
     for p in list(CHILDREN):
         stop(p)
+
+
+def stop_all_but(keep):
+    for p in list(CHILDREN):
+        if p not in keep:
+            stop(p)
 
 
 def children_of(pid):
@@ -252,10 +259,18 @@ def wanted(args, proxies):
     return any(want(args, p, k) for p in proxies for k, _ in SCENARIOS)
 
 
-def run_tether(args, work, ports, rep, results):
+# Every proxy is started once and stays up (idle ones cost nothing on core
+# 0); each scenario then runs on every proxy back to back, in an order that
+# rotates per round. This machine's speed drifts over tens of seconds, so
+# cells compared in the table are measured seconds apart, not minutes.
+# A cell: (proxy, scenario key, url, cookie or None, keep-alive, pid).
+
+
+def setup_tether(args, work, ports):
     if not wanted(args, ["tether"]):
-        return
+        return []
     tls_url = lambda p: f"https://localhost:{p}/"
+    cells = []
     for mode in ("sticky", "rotate"):
         plain, tls = free_port(), free_port()
         cfg = fill("tether.toml.in", os.path.join(work, f"tether-{mode}.toml"), {
@@ -266,31 +281,24 @@ def run_tether(args, work, ports, rep, results):
                   os.path.join(work, f"tether-{mode}.log"), args.life)
         wait_port(plain, p, "tether")
         wait_http(f"http://127.0.0.1:{plain}/", "tether")
-        time.sleep(0.3)
         if mode == "rotate":
-            if want(args, "tether", "plain-rotate"):
-                record(results, "tether", "plain-rotate", rep,
-                       oha(args, work, f"tether-plain-rotate-{rep}", f"http://127.0.0.1:{plain}/", [p.pid]))
+            cells.append(("tether", "plain-rotate", f"http://127.0.0.1:{plain}/", None, True, p.pid))
         else:
             sid = "tether_sid=" + set_cookie_of(f"http://127.0.0.1:{plain}/", "tether_sid")
             tsid = "tether_sid=" + set_cookie_of(tls_url(tls), "tether_sid")
-            runs = [
-                ("plain-new", f"http://127.0.0.1:{plain}/", None, True),
-                ("plain-cookie", f"http://127.0.0.1:{plain}/", sid, True),
-                ("tls-new", tls_url(tls), None, True),
-                ("tls-cookie", tls_url(tls), tsid, True),
-                ("tls-handshake", tls_url(tls), tsid, False),
+            cells += [
+                ("tether", "plain-new", f"http://127.0.0.1:{plain}/", None, True, p.pid),
+                ("tether", "plain-cookie", f"http://127.0.0.1:{plain}/", sid, True, p.pid),
+                ("tether", "tls-new", tls_url(tls), None, True, p.pid),
+                ("tether", "tls-cookie", tls_url(tls), tsid, True, p.pid),
+                ("tether", "tls-handshake", tls_url(tls), tsid, False, p.pid),
             ]
-            for key, url, cookie, ka in runs:
-                if want(args, "tether", key):
-                    record(results, "tether", key, rep,
-                           oha(args, work, f"tether-{key}-{rep}", url, [p.pid], cookie, ka))
-        stop(p)
+    return cells
 
 
-def run_haproxy(args, work, ports, rep, results):
+def setup_haproxy(args, work, ports):
     if not wanted(args, ["haproxy-cookie", "haproxy-hash"]):
-        return
+        return []
     pem = os.path.join(work, "localhost.pem")
     with open(pem, "w") as f:
         for part in ("localhost.crt", "localhost.key"):
@@ -310,26 +318,21 @@ def run_haproxy(args, work, ports, rep, results):
     sid = "tether_sid=" + "A" * 86
     plain = lambda k: f"http://127.0.0.1:{v[k]}/"
     tls = lambda k: f"https://localhost:{v[k]}/"
-    runs = [
-        ("haproxy-cookie", "plain-new", plain("COOKIE_PLAIN"), None, True),
-        ("haproxy-cookie", "plain-cookie", plain("COOKIE_PLAIN"), srv, True),
-        ("haproxy-cookie", "plain-rotate", plain("RR_PLAIN"), None, True),
-        ("haproxy-cookie", "tls-new", tls("COOKIE_TLS"), None, True),
-        ("haproxy-cookie", "tls-cookie", tls("COOKIE_TLS"), srv, True),
-        ("haproxy-cookie", "tls-handshake", tls("COOKIE_TLS"), srv, False),
-        ("haproxy-hash", "plain-cookie", plain("HASH_PLAIN"), sid, True),
-        ("haproxy-hash", "tls-cookie", tls("HASH_TLS"), sid, True),
+    return [
+        ("haproxy-cookie", "plain-new", plain("COOKIE_PLAIN"), None, True, p.pid),
+        ("haproxy-cookie", "plain-cookie", plain("COOKIE_PLAIN"), srv, True, p.pid),
+        ("haproxy-cookie", "plain-rotate", plain("RR_PLAIN"), None, True, p.pid),
+        ("haproxy-cookie", "tls-new", tls("COOKIE_TLS"), None, True, p.pid),
+        ("haproxy-cookie", "tls-cookie", tls("COOKIE_TLS"), srv, True, p.pid),
+        ("haproxy-cookie", "tls-handshake", tls("COOKIE_TLS"), srv, False, p.pid),
+        ("haproxy-hash", "plain-cookie", plain("HASH_PLAIN"), sid, True, p.pid),
+        ("haproxy-hash", "tls-cookie", tls("HASH_TLS"), sid, True, p.pid),
     ]
-    for proxy, key, url, cookie, ka in runs:
-        if want(args, proxy, key):
-            record(results, proxy, key, rep,
-                   oha(args, work, f"{proxy}-{key}-{rep}", url, [p.pid], cookie, ka))
-    stop(p)
 
 
-def run_nginx(args, work, ports, rep, results):
+def setup_nginx(args, work, ports):
     if not wanted(args, ["nginx-hash"]):
-        return
+        return []
     v = {k: free_port() for k in ("HASH_PLAIN", "HASH_TLS", "RR_PLAIN")}
     v.update({"WORK": work, "ROOT": ROOT, "B1": ports[0], "B2": ports[1], "B3": ports[2]})
     cfg = fill("nginx.conf.in", os.path.join(work, "nginx.conf"), v)
@@ -342,24 +345,32 @@ def run_nginx(args, work, ports, rep, results):
     sid = "tether_sid=" + "A" * 86
     plain = lambda k: f"http://127.0.0.1:{v[k]}/"
     tls = lambda k: f"https://localhost:{v[k]}/"
-    runs = [
-        ("plain-new", plain("HASH_PLAIN"), None, True),
-        ("plain-cookie", plain("HASH_PLAIN"), sid, True),
-        ("plain-rotate", plain("RR_PLAIN"), None, True),
-        ("tls-new", tls("HASH_TLS"), None, True),
-        ("tls-cookie", tls("HASH_TLS"), sid, True),
-        ("tls-handshake", tls("HASH_TLS"), sid, False),
+    return [
+        ("nginx-hash", "plain-new", plain("HASH_PLAIN"), None, True, p.pid),
+        ("nginx-hash", "plain-cookie", plain("HASH_PLAIN"), sid, True, p.pid),
+        ("nginx-hash", "plain-rotate", plain("RR_PLAIN"), None, True, p.pid),
+        ("nginx-hash", "tls-new", tls("HASH_TLS"), None, True, p.pid),
+        ("nginx-hash", "tls-cookie", tls("HASH_TLS"), sid, True, p.pid),
+        ("nginx-hash", "tls-handshake", tls("HASH_TLS"), sid, False, p.pid),
     ]
-    for key, url, cookie, ka in runs:
-        if want(args, "nginx-hash", key):
-            record(results, "nginx-hash", key, rep,
-                   oha(args, work, f"nginx-{key}-{rep}", url, [p.pid], cookie, ka))
-    stop(p)
+
+
+def run_round(args, work, cells, rep, results):
+    """Each scenario on every proxy back to back; the order rotates per round."""
+    for key, _ in SCENARIOS:
+        group = [c for c in cells if c[1] == key and want(args, c[0], key)]
+        if not group:
+            continue
+        k = rep % len(group)
+        for proxy, _, url, cookie, ka, pid in group[k:] + group[:k]:
+            record(results, proxy, key, rep,
+                   oha(args, work, f"{proxy}-{key}-{rep}", url, [pid], cookie, ka))
 
 
 def run_million(args, work, ports, results):
-    """tether with a small and with a large store, loaded over its sessions."""
-    out = {}
+    """tether with a small and with a large store, both up at once, loaded
+    over their sessions in turns (the order alternates per round)."""
+    stores = []
     for label, n in (("small", 1000), ("large", args.sessions)):
         plain, tls = free_port(), free_port()
         cfg = fill("tether.toml.in", os.path.join(work, f"tether-{label}.toml"), {
@@ -370,7 +381,7 @@ def run_million(args, work, ports, results):
                   os.path.join(work, f"tether-{label}.log"), args.life)
         wait_port(plain, p, "tether")
         wait_http(f"http://127.0.0.1:{plain}/", "tether")
-        log(f"1M: filling the store with {n} sessions")
+        log(f"1M: filling the {label} store with {n} sessions")
         base = ["taskset", "-c", LOAD_CORE, args.session_load, "--config", cfg,
                 "--target", f"127.0.0.1:{plain}", "--sessions", str(n),
                 "--issued-ms", str(int(time.time() * 1000))]
@@ -378,29 +389,33 @@ def run_million(args, work, ports, results):
                                capture_output=True, text=True, check=True)
         filled = json.loads(fillr.stdout)
         log(f"  filled {filled['filled']} in {filled['fill_seconds']:.1f} s ({filled['fill_errors']} errors)")
-        rows = []
-        for rep in range(args.repeat):
+        stores.append({"label": label, "n": n, "p": p, "base": base, "rows": []})
+    for rep in range(args.repeat):
+        for st in (stores if rep % 2 == 0 else stores[::-1]):
             load = loadavg()
-            cpu0 = cpu_seconds(tree(p.pid))
+            cpu0 = cpu_seconds(tree(st["p"].pid))
             r = subprocess.run(
-                ["timeout", "--kill-after=10", str(args.duration + 120)] + base
+                ["timeout", "--kill-after=10", str(args.duration + 120)] + st["base"]
                 + ["--connections", str(args.connections), "--measure", f"{args.duration}s"],
                 capture_output=True, text=True, check=True)
-            cpu1 = cpu_seconds(tree(p.pid))
+            cpu1 = cpu_seconds(tree(st["p"].pid))
             m = json.loads(r.stdout)["measure"]
             per = (cpu1 - cpu0) / m["requests"] * 1e6
-            rows.append({"rps": m["rps"], "errors": m["errors"], "cpu_us": per, "loadavg": load})
-            log(f"  {label} store ({n}): {m['rps']:.0f} req/s err {m['errors']} cpu {per:.1f} us/req "
-                f"(loadavg {load})")
-        out[label] = {
-            "sessions": n,
+            st["rows"].append({"rps": m["rps"], "errors": m["errors"], "cpu_us": per, "loadavg": load})
+            log(f"  {st['label']} store ({st['n']}): {m['rps']:.0f} req/s err {m['errors']} "
+                f"cpu {per:.1f} us/req (loadavg {load})")
+    out = {}
+    for st in stores:
+        rows = st["rows"]
+        out[st["label"]] = {
+            "sessions": st["n"],
             "rps": statistics.median(r["rps"] for r in rows),
             "cpu_us": statistics.median(r["cpu_us"] for r in rows),
             "errors": sum(r["errors"] for r in rows),
-            "rss_mib": rss_mib(tree(p.pid)),
+            "rss_mib": rss_mib(tree(st["p"].pid)),
             "runs": rows,
         }
-        stop(p)
+        stop(st["p"])
     results["million"] = out
 
 
@@ -468,7 +483,7 @@ def table(results, meta):
         f"Machine: {meta['cpu']} ({meta['ncpu']} cores), {meta['kernel']}; {meta['date']}.",
         f"Command: `{meta['command']}` (tether {meta['commit']}, {meta['haproxy']}, {meta['nginx']}, oha {meta['oha']}).",
         f"Each run {meta['duration']} s at {meta['connections']} connections; medians of {meta['repeat']} "
-        f"run(s) per cell, the proxies taking turns. Proxy pinned to core {PROXY_CORE} with one worker "
+        f"run(s) per cell; every proxy is up at once and each scenario runs on each proxy back to back, the order rotating per round. Proxy pinned to core {PROXY_CORE} with one worker "
         f"thread/process; oha and the three backends on core {LOAD_CORE}. CPU us/req = the proxy's "
         f"utime+stime over successful requests. Load average before the runs: {meta['loadavg']} "
         f"(other work shared the machine; per-run values in load.json).",
@@ -543,14 +558,19 @@ def main():
                 time.sleep(0.05)
             else:
                 raise SystemExit(f"load: backend {name} did not start")
+        cells = []
+        if not args.million_only:
+            for setup in (setup_tether, setup_haproxy, setup_nginx):
+                cells += setup(args, work, ports)
+            time.sleep(0.5)
         for rep in range(0 if args.million_only else args.repeat):
             log(f"round {rep + 1}/{args.repeat}")
             if want(args, DIRECT, "plain-cookie"):
                 record(results, DIRECT, "plain-cookie", rep,
                        oha(args, work, f"direct-{rep}", f"http://127.0.0.1:{ports[0]}/", []))
-            run_tether(args, work, ports, rep, results)
-            run_haproxy(args, work, ports, rep, results)
-            run_nginx(args, work, ports, rep, results)
+            run_round(args, work, cells, rep, results)
+        if cells:
+            stop_all_but(backends)
         if args.million_only or (not args.no_million and not args.only):
             run_million(args, work, ports, results)
     finally:
