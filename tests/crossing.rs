@@ -166,6 +166,33 @@ async fn http2_over_tls() {
     assert_eq!(again.state(), "continued");
 }
 
+/// The server's suite order decides (issue 6: AES-128-GCM first, so the TLS
+/// 1.3 key schedule runs on SHA-256), even against a client that lists
+/// AES-256-GCM first, as rustls and browsers do; and only TLS 1.2 and 1.3.
+#[tokio::test]
+async fn the_server_picks_aes_128_gcm_over_the_clients_first_choice() {
+    use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256};
+    let a = Backend::start("app1").await;
+    let t = Tether::start(&config_tls("", &[&a])).await;
+    let client_first = rustls::crypto::aws_lc_rs::default_provider().cipher_suites[0].suite();
+    assert_eq!(client_first, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+    for (versions, want) in [
+        (&[&rustls::version::TLS13][..], TLS13_AES_128_GCM_SHA256),
+        (
+            &[&rustls::version::TLS12][..],
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+    ] {
+        let tcp = TcpStream::connect(t.addrs[0]).await.unwrap();
+        let tls = tls_connector_versions(versions)
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(suite, want);
+    }
+}
+
 const BIG: usize = 64 * 1024 * 1024;
 
 #[tokio::test]

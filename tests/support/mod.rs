@@ -364,6 +364,19 @@ impl Resp {
 }
 
 pub fn tls_connector(alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut cfg = client_config(rustls::DEFAULT_VERSIONS);
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// A client that trusts the dev certificate and speaks only `versions`.
+pub fn tls_connector_versions(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
+    tokio_rustls::TlsConnector::from(Arc::new(client_config(versions)))
+}
+
+fn client_config(versions: &[&'static rustls::SupportedProtocolVersion]) -> rustls::ClientConfig {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in
@@ -371,15 +384,13 @@ pub fn tls_connector(alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .unwrap()
     .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    .with_no_client_auth()
 }
 
 /// Sends one request on a new connection and reads the whole response.
