@@ -307,19 +307,14 @@ fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
 }
 
 fn strip_request_cookie(h: &mut HeaderMap, name: &str) {
-    // The usual case, one Cookie field, costs one lookup and one edit.
+    // The usual case, one Cookie field, costs one lookup and at most one edit.
     let mut fields = h.get_all(COOKIE).iter();
-    let only = match (fields.next(), fields.next()) {
-        (None, _) => return,
-        (Some(v), None) => Some((v.len(), strip_cookie(v, name))),
-        _ => None,
-    };
-    if let Some((len, stripped)) = only {
-        match stripped {
+    if let (Some(v), None) = (fields.next(), fields.next()) {
+        match strip_cookie(v, name) {
+            // Unchanged: ours was not in it.
+            Some(kept) if kept == v => {}
+            Some(kept) => drop(h.insert(COOKIE, kept)),
             None => drop(h.remove(COOKIE)),
-            // Stripping shortens the value; the same length means not ours.
-            Some(v) if v.len() != len => drop(h.insert(COOKIE, v)),
-            Some(_) => {}
         }
         return;
     }
@@ -475,6 +470,21 @@ mod tests {
         );
         let all: Vec<_> = p.headers.get_all(COOKIE).iter().collect();
         assert_eq!(all, vec!["a=1; b=2"]);
+
+        // Re-joining with "; " can make the stripped value exactly as long as
+        // the original: it must still go.
+        let mut p = parts(
+            Request::get("/")
+                .header("cookie", "a=1;b=2;c=3;d=4;e=5;s=x")
+                .body(())
+                .unwrap(),
+        );
+        to_upstream(&mut p, "10.0.0.1".parse().unwrap(), false, Some("s"));
+        assert_eq!(p.headers[COOKIE], "a=1; b=2; c=3; d=4; e=5");
+
+        let mut p = parts(Request::get("/").header("cookie", "a=1").body(()).unwrap());
+        to_upstream(&mut p, "10.0.0.1".parse().unwrap(), false, Some("s"));
+        assert_eq!(p.headers[COOKIE], "a=1");
     }
 
     #[test]
