@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request (callgrind): tether, HAProxy
+# and nginx, plain HTTP with a returning cookie. The steady counterpart of
+# benches/load.sh, whose times drift with the machine; use it to see what a
+# change to the hot path did.
+#
+#   benches/instructions.sh                 # 3000 requests per proxy (about 3 minutes)
+#   benches/instructions.sh --requests 1000
+#
+# Installs what is missing (valgrind, haproxy, nginx, curl with apt; oha with
+# cargo), builds tether and the bench backend in release, then calls
+# benches/load/instructions.py, which writes benches/results/instructions.md.
+# Every process it starts is bounded by `timeout` and stopped by PID; all
+# traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export PATH="$HOME/.cargo/bin:$PATH:/usr/sbin"
+
+ORIG="$*"
+ARGS=()
+while (($#)); do
+  case "$1" in
+    --requests) ARGS+=("$1" "$2"); shift ;;
+    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [--requests N]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+apt_install() {
+  echo "instructions: installing $* (apt)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+for tool in valgrind:valgrind haproxy:haproxy nginx:nginx curl:curl python3:python3 taskset:util-linux; do
+  command -v "${tool%%:*}" >/dev/null || apt_install "${tool#*:}"
+done
+command -v oha >/dev/null || cargo install oha --locked
+
+cargo build --release --quiet --bin tether --example bench_backend
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
+export TETHER_COMMIT="$COMMIT$DIRTY"
+exec python3 "$ROOT/benches/load/instructions.py" \
+  --tether "$TARGET/release/tether" \
+  --backend "$TARGET/release/examples/bench_backend" \
+  --command "benches/instructions.sh${ORIG:+ $ORIG}" \
+  "${ARGS[@]}"
