@@ -350,6 +350,52 @@ mod tests {
         }
     }
 
+    /// Random streams of request-like pieces give the same verdicts however
+    /// they are split across reads (the head-end search looks back across
+    /// read boundaries), and never panic.
+    #[test]
+    fn verdicts_do_not_depend_on_how_reads_split_the_stream() {
+        use rand::{Rng, SeedableRng};
+        const PIECES: &[&[u8]] = &[
+            b"GET / HTTP/1.1",
+            b"POST /u HTTP/1.1",
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b"Host: x",
+            b"Content-Length: 3",
+            b"content-length:0",
+            b"Transfer-Encoding: chunked",
+            b"transfer-encoding: gzip, chunked",
+            b"Upgrade: websocket",
+            b"abc",
+            b"3\r\nabc\r\n",
+            b"0\r\n\r\n",
+            b"X: y",
+            b":",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let mut flagged = 0;
+        for _ in 0..2000 {
+            let mut stream = Vec::new();
+            for _ in 0..rng.random_range(1..40) {
+                stream.extend_from_slice(PIECES[rng.random_range(0..PIECES.len())]);
+            }
+            let whole = run(&[&stream]).0.load(Ordering::Relaxed);
+            flagged += (whole != 0) as usize;
+            let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+            assert_eq!(run(&bytes).0.load(Ordering::Relaxed), whole, "{stream:?}");
+            let cut = rng.random_range(0..=stream.len());
+            let (a, b) = stream.split_at(cut);
+            assert_eq!(
+                run(&[a, b]).0.load(Ordering::Relaxed),
+                whole,
+                "{stream:?} at {cut}"
+            );
+        }
+        assert!(flagged > 50, "the streams exercise the flagging: {flagged}");
+    }
+
     #[test]
     fn stray_crlf_before_a_request_is_skipped() {
         let v = run(&[b"\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]);
