@@ -15,7 +15,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-export PATH="$HOME/.cargo/bin:$PATH:/usr/sbin"
 
 ORIG="$*"
 ARGS=()
@@ -28,14 +27,9 @@ while (($#)); do
   shift
 done
 
-apt_install() {
-  echo "instructions: installing $* (apt)" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
-for tool in valgrind:valgrind haproxy:haproxy nginx:nginx curl:curl python3:python3 taskset:util-linux; do
-  command -v "${tool%%:*}" >/dev/null || apt_install "${tool#*:}"
-done
-command -v oha >/dev/null || cargo install oha --locked
+log() { echo "instructions: $*" >&2; }
+source benches/load/needs.sh
+needs valgrind haproxy nginx curl python3 taskset:util-linux
 
 cargo build --release --quiet --bin tether --example bench_backend
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}

@@ -17,7 +17,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-export PATH="$HOME/.cargo/bin:$PATH"
 
 ORIG="$*"
 ARGS=()
@@ -35,20 +34,8 @@ done
 ((QUICK)) && ARGS=(--duration 3 --sessions 100000 "${ARGS[@]}")
 
 log() { echo "load: $*" >&2; }
-apt_install() {
-  log "installing $* (apt)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
-command -v python3 >/dev/null || apt_install python3
-command -v curl >/dev/null || apt_install curl
-command -v taskset >/dev/null || apt_install util-linux
-command -v haproxy >/dev/null || apt_install haproxy
-command -v nginx >/dev/null || PATH="$PATH:/usr/sbin" command -v nginx >/dev/null || apt_install nginx
-export PATH="$PATH:/usr/sbin"
-if ! command -v oha >/dev/null; then
-  log "installing oha (cargo install oha --locked; takes several minutes)"
-  cargo install oha --locked
-fi
+source benches/load/needs.sh
+needs python3 curl taskset:util-linux haproxy nginx
 if (($(nproc) < 2)); then
   log "needs 2 cores (proxy on core 0, load on core 1); found $(nproc)"
   exit 1

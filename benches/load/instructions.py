@@ -29,16 +29,18 @@ import run as h  # the load harness: process handling, templates, ports
 RESULTS = os.path.join(h.ROOT, "benches", "results")
 
 
-def count(args, work, name, argv, url, cookie, pid_of):
-    """Runs argv under callgrind and returns instructions per request."""
+def count(args, work, name, argv, url, cookie):
+    """Runs argv under callgrind and returns instructions per request.
+    `cookie`: the Cookie header to send, or a function of the URL that gets one."""
     out = os.path.join(work, f"{name}.callgrind")
     p = h.start(["valgrind", "--tool=callgrind", "--compress-strings=no",
                  f"--callgrind-out-file={out}"] + argv,
                 os.path.join(work, f"{name}.log"), args.life)
     h.wait_http(url, name, timeout=120)
-    if cookie is None:
-        cookie = pid_of["cookie"](url)
-    vg = pid_of["pid"](p)
+    if callable(cookie):
+        cookie = cookie(url)
+    # `timeout` runs valgrind as its only child, and valgrind keeps its pid.
+    vg = h.children_of(p.pid)[0]
     load = ["oha", "--no-tui", "--insecure", "-c", "10", "-H", f"Cookie: {cookie}", url]
     subprocess.run(["timeout", "300"] + load[:1] + ["-n", "500"] + load[1:],
                    check=True, capture_output=True)
@@ -68,53 +70,28 @@ def main():
     args = ap.parse_args()
     args.life = 1800
     work = h.tempfile.mkdtemp(prefix="tether-instr.")
-    ports = []
     rows = []
     try:
-        for name in ("b1", "b2", "b3"):
-            outp = os.path.join(work, f"{name}.out")
-            h.start(["taskset", "-c", h.LOAD_CORE, args.backend, "--name", name, "--port", "0",
-                     "--exit-after", f"{args.life}s"], outp, args.life + 10)
-            for _ in range(200):
-                m = h.re.search(r"listening 127\.0\.0\.1:(\d+)", open(outp).read())
-                if m:
-                    ports.append(int(m.group(1)))
-                    break
-                time.sleep(0.05)
-            else:
-                raise SystemExit(f"instructions: backend {name} did not start")
-        # `timeout` runs valgrind as its only child; valgrind keeps its pid.
-        child = lambda p: h.children_of(p.pid)[0]
+        _, ports = h.start_backends(args.backend, work, args.life)
         b = {"B1": ports[0], "B2": ports[1], "B3": ports[2]}
 
-        port = h.free_port()
-        cfg = h.fill("tether.toml.in", os.path.join(work, "tether.toml"), {
-            "PLAIN": port, "TLS": h.free_port(), "ROOT": h.ROOT, "MODE": "sticky", **b})
+        cfg, port, _ = h.tether_config(work, "sticky", "sticky", ports)
         rows.append(("tether", count(args, work, "tether", [args.tether, "run", "-c", cfg],
-                                     f"http://127.0.0.1:{port}/", None, {
-                                         "pid": child,
-                                         "cookie": lambda u: "tether_sid=" + h.set_cookie_of(u, "tether_sid"),
-                                     })))
+                                     f"http://127.0.0.1:{port}/",
+                                     lambda u: "tether_sid=" + h.set_cookie_of(u, "tether_sid"))))
 
-        pem = os.path.join(work, "localhost.pem")
-        with open(pem, "w") as f:
-            for part in ("localhost.crt", "localhost.key"):
-                with open(os.path.join(h.ROOT, "certs", part)) as src:
-                    f.write(src.read())
+        pem = h.write_pem(work)
         v = {k: h.free_port() for k in ("COOKIE_PLAIN", "COOKIE_TLS", "HASH_PLAIN", "HASH_TLS", "RR_PLAIN")}
         cfg = h.fill("haproxy.cfg.in", os.path.join(work, "haproxy.cfg"), {"PEM": pem, **v, **b})
         rows.append(("haproxy-cookie", count(args, work, "haproxy", ["haproxy", "-f", cfg, "-db"],
-                                             f"http://127.0.0.1:{v['COOKIE_PLAIN']}/", None, {
-                                                 "pid": child,
-                                                 "cookie": lambda u: "SRV=" + h.set_cookie_of(u, "SRV"),
-                                             })))
+                                             f"http://127.0.0.1:{v['COOKIE_PLAIN']}/",
+                                             lambda u: "SRV=" + h.set_cookie_of(u, "SRV"))))
 
         v = {k: h.free_port() for k in ("HASH_PLAIN", "HASH_TLS", "RR_PLAIN")}
         cfg = h.fill("nginx.conf.in", os.path.join(work, "nginx.conf"), {"WORK": work, "ROOT": h.ROOT, **v, **b})
         rows.append(("nginx-hash", count(args, work, "nginx",
                                          ["nginx", "-c", cfg, "-g", "daemon off; master_process off;"],
-                                         f"http://127.0.0.1:{v['HASH_PLAIN']}/", "tether_sid=" + "A" * 86,
-                                         {"pid": child})))
+                                         f"http://127.0.0.1:{v['HASH_PLAIN']}/", "tether_sid=" + "A" * 86)))
     finally:
         h.stop_all()
 

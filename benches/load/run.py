@@ -190,6 +190,54 @@ def set_cookie_of(url, name):
     return m.group(1)
 
 
+def start_backends(binary, work, life):
+    """The three bench backends on the load core: (their Popens, their ports)."""
+    procs, ports = [], []
+    for name in ("b1", "b2", "b3"):
+        out = os.path.join(work, f"{name}.out")
+        procs.append(start(["taskset", "-c", LOAD_CORE, binary, "--name", name, "--port", "0",
+                            "--exit-after", f"{life}s"], out, life + 10))
+        for _ in range(200):
+            m = re.search(r"listening 127\.0\.0\.1:(\d+)", open(out).read())
+            if m:
+                ports.append(int(m.group(1)))
+                break
+            time.sleep(0.05)
+        else:
+            raise SystemExit(f"load: backend {name} did not start")
+    return procs, ports
+
+
+def write_pem(work):
+    """The dev certificate and key in one file, as HAProxy wants them."""
+    pem = os.path.join(work, "localhost.pem")
+    with open(pem, "w") as f:
+        for part in ("localhost.crt", "localhost.key"):
+            with open(os.path.join(ROOT, "certs", part)) as src:
+                f.write(src.read())
+    return pem
+
+
+def tether_config(work, label, mode, ports):
+    """A filled tether.toml.in: (path, plain port, TLS port)."""
+    plain, tls = free_port(), free_port()
+    cfg = fill("tether.toml.in", os.path.join(work, f"tether-{label}.toml"), {
+        "PLAIN": plain, "TLS": tls, "ROOT": ROOT, "MODE": mode,
+        "B1": ports[0], "B2": ports[1], "B3": ports[2],
+    })
+    return cfg, plain, tls
+
+
+def start_tether(args, work, label, mode, ports):
+    """tether pinned to the proxy core, answering: (Popen, config, plain port, TLS port)."""
+    cfg, plain, tls = tether_config(work, label, mode, ports)
+    p = start(["taskset", "-c", PROXY_CORE, args.tether, "run", "-c", cfg],
+              os.path.join(work, f"tether-{label}.log"), args.life)
+    wait_port(plain, p, "tether")
+    wait_http(f"http://127.0.0.1:{plain}/", "tether")
+    return p, cfg, plain, tls
+
+
 # ---- one oha run ----------------------------------------------------------------
 
 
@@ -272,15 +320,7 @@ def setup_tether(args, work, ports):
     tls_url = lambda p: f"https://localhost:{p}/"
     cells = []
     for mode in ("sticky", "rotate"):
-        plain, tls = free_port(), free_port()
-        cfg = fill("tether.toml.in", os.path.join(work, f"tether-{mode}.toml"), {
-            "PLAIN": plain, "TLS": tls, "ROOT": ROOT, "MODE": mode,
-            "B1": ports[0], "B2": ports[1], "B3": ports[2],
-        })
-        p = start(["taskset", "-c", PROXY_CORE, args.tether, "run", "-c", cfg],
-                  os.path.join(work, f"tether-{mode}.log"), args.life)
-        wait_port(plain, p, "tether")
-        wait_http(f"http://127.0.0.1:{plain}/", "tether")
+        p, _, plain, tls = start_tether(args, work, mode, mode, ports)
         if mode == "rotate":
             cells.append(("tether", "plain-rotate", f"http://127.0.0.1:{plain}/", None, True, p.pid))
         else:
@@ -299,11 +339,7 @@ def setup_tether(args, work, ports):
 def setup_haproxy(args, work, ports):
     if not wanted(args, ["haproxy-cookie", "haproxy-hash"]):
         return []
-    pem = os.path.join(work, "localhost.pem")
-    with open(pem, "w") as f:
-        for part in ("localhost.crt", "localhost.key"):
-            with open(os.path.join(ROOT, "certs", part)) as src:
-                f.write(src.read())
+    pem = write_pem(work)
     v = {k: free_port() for k in ("COOKIE_PLAIN", "COOKIE_TLS", "HASH_PLAIN", "HASH_TLS", "RR_PLAIN")}
     v.update({"PEM": pem, "B1": ports[0], "B2": ports[1], "B3": ports[2]})
     cfg = fill("haproxy.cfg.in", os.path.join(work, "haproxy.cfg"), v)
@@ -372,15 +408,7 @@ def run_million(args, work, ports, results):
     over their sessions in turns (the order alternates per round)."""
     stores = []
     for label, n in (("small", 1000), ("large", args.sessions)):
-        plain, tls = free_port(), free_port()
-        cfg = fill("tether.toml.in", os.path.join(work, f"tether-{label}.toml"), {
-            "PLAIN": plain, "TLS": tls, "ROOT": ROOT, "MODE": "sticky",
-            "B1": ports[0], "B2": ports[1], "B3": ports[2],
-        })
-        p = start(["taskset", "-c", PROXY_CORE, args.tether, "run", "-c", cfg],
-                  os.path.join(work, f"tether-{label}.log"), args.life)
-        wait_port(plain, p, "tether")
-        wait_http(f"http://127.0.0.1:{plain}/", "tether")
+        p, cfg, plain, _ = start_tether(args, work, label, "sticky", ports)
         log(f"1M: filling the {label} store with {n} sessions")
         base = ["taskset", "-c", LOAD_CORE, args.session_load, "--config", cfg,
                 "--target", f"127.0.0.1:{plain}", "--sessions", str(n),
@@ -543,21 +571,7 @@ def main():
         "oha": subprocess.run([args.oha, "--version"], capture_output=True, text=True).stdout.split()[-1],
     }
     try:
-        ports = []
-        backends = []
-        for name in ("b1", "b2", "b3"):
-            out = os.path.join(work, f"{name}.out")
-            p = start(["taskset", "-c", LOAD_CORE, args.backend, "--name", name, "--port", "0",
-                       "--exit-after", f"{args.life}s"], out, args.life + 10)
-            backends.append(p)
-            for _ in range(200):
-                m = re.search(r"listening 127\.0\.0\.1:(\d+)", open(out).read())
-                if m:
-                    ports.append(int(m.group(1)))
-                    break
-                time.sleep(0.05)
-            else:
-                raise SystemExit(f"load: backend {name} did not start")
+        backends, ports = start_backends(args.backend, work, args.life)
         cells = []
         if not args.million_only:
             for setup in (setup_tether, setup_haproxy, setup_nginx):
