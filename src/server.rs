@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::reload::{self, Control, ReloadError};
 use crate::service::Shared;
 use crate::snapshot::{Names, Snapshot};
-use crate::store::{MemoryStore, RedisSettings, RedisStore, Store};
+use crate::store::{MemoryStore, RedisSettings, RedisStore, Sightings, Store};
 use crate::tls::{self, CertResolver, TlsError};
 use crate::upgrade::Upgrades;
 
@@ -142,6 +142,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         store,
+        sightings: Sightings::new(config.store.max_sessions),
         clock,
         metrics: metrics.clone(),
         upgrades: Arc::new(Upgrades::default()),

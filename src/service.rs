@@ -22,9 +22,9 @@ use crate::headers;
 use crate::metrics::{Metrics, PinLost, SessionEvent};
 use crate::session::cookie::{find_cookie, Claims, SessionId};
 use crate::session::source::{app_cookie_set, app_key, KeySource};
-use crate::session::{self, Control, Pin, SessionState, Standing};
+use crate::session::{self, AppStanding, Control, Pin, SessionState, Standing};
 use crate::snapshot::Snapshot;
-use crate::store::{EndReason, Insert, Record, SessionKey, SessionStore, Store};
+use crate::store::{EndReason, Found, Insert, Record, SessionKey, SessionStore, Sightings, Store};
 use crate::upgrade::{self, Upgrades};
 use crate::upstream::{Failure, Replay, SendError};
 
@@ -35,6 +35,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// Session store.
     pub store: Store,
+    /// App keys presented once and not stored (beside the store, bounded).
+    pub sightings: Sightings,
     /// Time source.
     pub clock: Clock,
     /// Counters (increments only on the request path).
@@ -94,8 +96,12 @@ enum Sess {
         send_cookie: bool,
         stored: bool,
     },
-    /// An app's key: its store key and the raw value (to notice a new value in Set-Cookie).
-    App { key: Option<SessionKey> },
+    /// An app's key: its store key, and whether the store holds it live (a
+    /// key only seen, or unknown during an outage, is not written for).
+    App {
+        key: Option<SessionKey>,
+        stored: bool,
+    },
 }
 
 /// Serves one request. Never fails: errors become the SPEC's status codes.
@@ -462,8 +468,11 @@ async fn sticky_plan(
                 req.headers().get(USER_AGENT).map(|v| v.as_bytes()),
             )
         });
+        // A cookie stamped ahead of our clock would outlive its timeouts:
+        // treated as one tether did not issue.
         let claims = find_cookie(req.headers().get_all(COOKIE).iter(), name)
-            .and_then(|v| snap.codec.decode(v));
+            .and_then(|v| snap.codec.decode(v))
+            .filter(|c| !session::stamped_ahead(c, now));
         let Some(c) = claims else {
             return mint(shared, snap, conn, binding, SessionState::New, now);
         };
@@ -572,7 +581,10 @@ async fn sticky_plan(
             state: SessionState::New,
             backend: i,
             ring_key,
-            session: Sess::App { key: None },
+            session: Sess::App {
+                key: None,
+                stored: false,
+            },
         });
     };
     let (key, ring_key) = snap.app_digest.digest(value);
@@ -581,52 +593,101 @@ async fn sticky_plan(
         return Err(ProxyError::RateLimited { retry_after_secs });
     }
     let found = shared.store.get_touch(key, now).await;
-    let (state, i) = match session::standing_for_app_key(found) {
-        Standing::Live { pin, .. } => match resolve(snap, pin) {
-            Some(i) if snap.backends[i].eligible_for_existing() => (SessionState::Continued, i),
-            gone => {
-                let j = snap
-                    .balancer
-                    .failover(ring_key, gone, &snap.backends)
-                    .ok_or(ProxyError::NoBackend)?;
-                shared.metrics.pin_lost(lost_backend(snap, gone));
-                shared.store.repin(key, snap.backends[j].id, now).await;
-                (SessionState::Failover, j)
+    // Only a key the store does not know is looked for (and remembered) in
+    // the sightings.
+    let seen = found == Found::Missing && shared.sightings.sighted(key);
+    let standing = session::standing_for_app_key(found, seen);
+    // Where the ring alone puts the key: the same on every instance and for
+    // every sighting, so a key that is not stored still stays put.
+    let by_ring = || {
+        snap.balancer
+            .pick_new(ring_key, &snap.backends, 0.0, |_| 0)
+            .ok_or(ProxyError::NoBackend)
+    };
+    let (state, i, stored) = match standing {
+        AppStanding::Live(id) | AppStanding::Outage(Some(id)) => {
+            match resolve(snap, Pin::Stored(id)) {
+                Some(i) if snap.backends[i].eligible_for_existing() => {
+                    (SessionState::Continued, i, true)
+                }
+                gone => {
+                    let j = snap
+                        .balancer
+                        .failover(ring_key, gone, &snap.backends)
+                        .ok_or(ProxyError::NoBackend)?;
+                    shared.metrics.pin_lost(lost_backend(snap, gone));
+                    if let AppStanding::Live(_) = standing {
+                        shared.store.repin(key, snap.backends[j].id, now).await;
+                    }
+                    (SessionState::Failover, j, true)
+                }
             }
-        },
-        fresh_or_over => {
-            if let Err(retry_after_secs) = snap.limits.new_session(conn.peer.ip()) {
-                shared.metrics.rate_limited(true);
-                return Err(ProxyError::RateLimited { retry_after_secs });
-            }
+        }
+        AppStanding::Outage(None) => (SessionState::New, by_ring()?, false),
+        AppStanding::FirstSighting => {
+            new_session_allowed(shared, snap, conn)?;
+            (SessionState::New, by_ring()?, false)
+        }
+        AppStanding::SecondSighting => {
+            let i = by_ring()?;
+            let stored = store_claimed(shared, snap, key, i, now).await;
+            (SessionState::Continued, i, stored)
+        }
+        AppStanding::Over(reason) => {
+            new_session_allowed(shared, snap, conn)?;
             let i = snap
                 .balancer
                 .pick_new(ring_key, &snap.backends, snap.balance_factor, |b| {
                     shared.store.sessions_on(b.id)
                 })
                 .ok_or(ProxyError::NoBackend)?;
-            let rec = Record {
-                backend: snap.backends[i].id,
-                created_ms: now,
-                seen_ms: now,
-            };
-            let _ = shared.store.insert(key, rec).await;
-            let state = match fresh_or_over {
-                Standing::Over(reason) => {
-                    shared.metrics.pin_lost(lost_by_timeout(reason));
-                    SessionState::Expired
-                }
-                _ => SessionState::New,
-            };
-            (state, i)
+            shared.metrics.pin_lost(lost_by_timeout(reason));
+            let stored = store_claimed(shared, snap, key, i, now).await;
+            (SessionState::Expired, i, stored)
         }
     };
     Ok(Plan {
         state,
         backend: i,
         ring_key,
-        session: Sess::App { key: Some(key) },
+        session: Sess::App {
+            key: Some(key),
+            stored,
+        },
     })
+}
+
+/// `new_session_rate` for the client: a 429 once it is spent.
+fn new_session_allowed(shared: &Shared, snap: &Snapshot, conn: ConnInfo) -> Result<(), ProxyError> {
+    snap.limits
+        .new_session(conn.peer.ip())
+        .map_err(|retry_after_secs| {
+            shared.metrics.rate_limited(true);
+            ProxyError::RateLimited { retry_after_secs }
+        })
+}
+
+/// Stores an app key only its client vouches for, pinned to backend `i`;
+/// whether the store took it.
+async fn store_claimed(
+    shared: &Shared,
+    snap: &Snapshot,
+    key: SessionKey,
+    i: usize,
+    now: u64,
+) -> bool {
+    let rec = Record {
+        backend: snap.backends[i].id,
+        created_ms: now,
+        seen_ms: now,
+    };
+    match shared.store.insert_claimed(key, rec).await {
+        Insert::Done => true,
+        Insert::Full => {
+            shared.metrics.store_full();
+            false
+        }
+    }
 }
 
 fn resolve(snap: &Snapshot, pin: Pin) -> Option<usize> {
@@ -666,10 +727,13 @@ async fn repin_after_retry(shared: &Shared, snap: &Snapshot, plan: &mut Plan, no
                     .await;
             }
         }
-        Sess::App { key: Some(k) } => {
+        Sess::App {
+            key: Some(k),
+            stored: true,
+        } => {
             shared.store.repin(*k, b.id, now).await;
         }
-        Sess::App { key: None } => {}
+        Sess::App { .. } => {}
     }
 }
 
@@ -690,17 +754,25 @@ async fn commit(
         Sess::Cookie {
             claims,
             send_cookie,
-            ..
+            stored,
         } => {
             let attrs = snap.cookie_attrs(conn.tls);
             let key = SessionKey(claims.id.as_u128());
+            // Only an id the client already holds needs a tombstone: a
+            // session minted for this request is ended or replaced before
+            // its cookie is ever sent, so no tombstone is spent on it.
+            let end = |reason| async move {
+                if *stored && shared.store.end(key, reason, now).await == Insert::Full {
+                    shared.metrics.store_full();
+                }
+            };
             match control {
                 Some(Control::End) => {
-                    let _ = shared.store.end(key, EndReason::Ended, now).await;
+                    end(EndReason::Ended).await;
                     headers::add_set_cookie(h, attrs.clear_cookie());
                 }
                 Some(Control::Regenerate) => {
-                    let _ = shared.store.end(key, EndReason::Regenerated, now).await;
+                    end(EndReason::Regenerated).await;
                     let fresh = Claims {
                         id: SessionId::random(),
                         seen_ms: now,
@@ -723,17 +795,22 @@ async fn commit(
                 None => {}
             }
         }
-        Sess::App { key } => {
+        Sess::App { key, stored } => {
             if let KeySource::AppCookie(name) = &snap.source {
                 if let Some(v) = app_cookie_set(h, name) {
                     let (learned, _) = snap.app_digest.digest(v);
-                    if Some(learned) != *key {
+                    // A pin learned from the backend always goes in (making
+                    // room if a client's claim holds it); the same value set
+                    // again on a stored session would only restart its clock.
+                    if Some(learned) != *key || !*stored {
                         let rec = Record {
                             backend: b.id,
                             created_ms: now,
                             seen_ms: now,
                         };
-                        let _ = shared.store.insert(learned, rec).await;
+                        if shared.store.insert(learned, rec).await == Insert::Full {
+                            shared.metrics.store_full();
+                        }
                     }
                 }
             }
@@ -742,7 +819,13 @@ async fn commit(
                     Control::End => EndReason::Ended,
                     Control::Regenerate => EndReason::Regenerated,
                 };
-                let _ = shared.store.end(*k, reason, now).await;
+                if *stored {
+                    let _ = shared.store.end(*k, reason, now).await;
+                } else {
+                    // Never stored: forgetting the sighting is enough, and a
+                    // tombstone must not be spent on a key anyone can invent.
+                    shared.sightings.forget(*k);
+                }
             }
         }
     }

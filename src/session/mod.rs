@@ -11,6 +11,13 @@ use http::HeaderValue;
 use crate::session::cookie::Claims;
 use crate::store::{BackendId, EndReason, Found};
 
+/// How far ahead of this instance's clock a cookie's timestamps may be and
+/// still be trusted: instances' clocks differ a little (NTP keeps them within
+/// milliseconds; a few seconds covers a poorly synced host). A cookie stamped
+/// further ahead would live that much longer than its timeouts allow, so it
+/// is treated as one tether did not issue.
+pub const FUTURE_SKEW_MS: u64 = 5_000;
+
 /// The SPEC section 3/4 outcome of one request, sent upstream as `Tether-Session-State`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionState {
@@ -103,6 +110,12 @@ pub fn cookie_over(c: &Claims, now_ms: u64, t: Timeouts) -> Option<EndReason> {
     }
 }
 
+/// Is the cookie stamped (issued or last seen) further in the future than
+/// [`FUTURE_SKEW_MS`] allows? Such a cookie is not trusted.
+pub fn stamped_ahead(c: &Claims, now_ms: u64) -> bool {
+    c.issued_ms.max(c.seen_ms) > now_ms.saturating_add(FUTURE_SKEW_MS)
+}
+
 /// The standing of a session presented with a verified tether cookie, given
 /// the store's answer. The store is exact where it knows the session; where it
 /// does not (another instance made it, tether restarted, Redis is down), the
@@ -123,7 +136,9 @@ pub fn standing_for_cookie(c: &Claims, found: Found, now_ms: u64, t: Timeouts) -
             created_ms: c.issued_ms,
             adopt: true,
         },
-        Found::Unavailable => Standing::Live {
+        // While the store cannot answer, the cookie (refreshed on every
+        // move) is fresher than any local view.
+        Found::Unavailable | Found::Stale(_) => Standing::Live {
             pin: Pin::Tag(c.backend),
             created_ms: c.issued_ms,
             adopt: false,
@@ -131,17 +146,40 @@ pub fn standing_for_cookie(c: &Claims, found: Found, now_ms: u64, t: Timeouts) -
     }
 }
 
-/// The standing of a session keyed by an app's value (app cookie, header,
-/// query): the store is the only memory, so an unknown key is fresh.
-pub fn standing_for_app_key(found: Found) -> Standing {
+/// Where a request keyed by an app's value (app cookie, header, query)
+/// stands. The store is the only shared memory of such keys, and anyone can
+/// invent them, so a key enters the store only when a backend taught it
+/// (learned from `Set-Cookie`, written by `service.rs`) or a client presents
+/// it a second time; until then the ring places it, which every instance
+/// computes alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppStanding {
+    /// The store's live record: continue on its pin.
+    Live(BackendId),
+    /// The store knew the key and its session is over: place it anew.
+    Over(EndReason),
+    /// Neither stored nor seen: place it by the ring and remember only that
+    /// it was seen (a flood of one-off keys costs the store nothing).
+    FirstSighting,
+    /// Not stored, but seen before: place it by the ring, where its first
+    /// request went, and store it as claimed by the client.
+    SecondSighting,
+    /// The store cannot answer: continue on the local view's pin if this
+    /// instance has one, else by the ring. Nothing is written, and nothing is
+    /// refused as a new session (an established one cannot be told apart).
+    Outage(Option<BackendId>),
+}
+
+/// The standing of an app key, given the store's answer and whether this
+/// instance saw the key before without storing it.
+pub fn standing_for_app_key(found: Found, seen_before: bool) -> AppStanding {
     match found {
-        Found::Live(rec) => Standing::Live {
-            pin: Pin::Stored(rec.backend),
-            created_ms: rec.created_ms,
-            adopt: false,
-        },
-        Found::Over(reason) => Standing::Over(reason),
-        Found::Missing | Found::Unavailable => Standing::Fresh,
+        Found::Live(rec) => AppStanding::Live(rec.backend),
+        Found::Over(reason) => AppStanding::Over(reason),
+        Found::Missing if seen_before => AppStanding::SecondSighting,
+        Found::Missing => AppStanding::FirstSighting,
+        Found::Stale(rec) => AppStanding::Outage(Some(rec.backend)),
+        Found::Unavailable => AppStanding::Outage(None),
     }
 }
 
@@ -256,6 +294,78 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn store_outage_with_a_local_view_still_trusts_the_cookie() {
+        let c = claims(1000, 1100);
+        let rec = Record {
+            backend: BackendId(3),
+            created_ms: 1000,
+            seen_ms: 1150,
+        };
+        let s = standing_for_cookie(&c, Found::Stale(rec), 1200, T);
+        assert!(matches!(
+            s,
+            Standing::Live {
+                adopt: false,
+                pin: Pin::Tag(42),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn cookies_stamped_ahead_beyond_the_skew_are_not_trusted() {
+        let now = 1_000_000;
+        let table = [
+            // (issued, seen, ahead?)
+            (now, now, false),
+            (now - 500, now + FUTURE_SKEW_MS, false),
+            (now + FUTURE_SKEW_MS, now + FUTURE_SKEW_MS, false),
+            (now + FUTURE_SKEW_MS + 1, now + FUTURE_SKEW_MS + 1, true),
+            (now, now + 3_600_000, true),
+            (now + 3_600_000, now, true),
+            (u64::MAX, u64::MAX, true),
+        ];
+        for (issued, seen, ahead) in table {
+            assert_eq!(
+                stamped_ahead(&claims(issued, seen), now),
+                ahead,
+                "issued {issued} seen {seen}"
+            );
+        }
+        assert!(!stamped_ahead(&claims(u64::MAX, u64::MAX), u64::MAX));
+    }
+
+    #[test]
+    fn app_keys_enter_the_store_on_a_second_sighting_only() {
+        let rec = Record {
+            backend: BackendId(3),
+            created_ms: 1000,
+            seen_ms: 1150,
+        };
+        let table = [
+            (Found::Live(rec), false, AppStanding::Live(BackendId(3))),
+            (Found::Live(rec), true, AppStanding::Live(BackendId(3))),
+            (
+                Found::Over(EndReason::Ended),
+                true,
+                AppStanding::Over(EndReason::Ended),
+            ),
+            (Found::Missing, false, AppStanding::FirstSighting),
+            (Found::Missing, true, AppStanding::SecondSighting),
+            (
+                Found::Stale(rec),
+                false,
+                AppStanding::Outage(Some(BackendId(3))),
+            ),
+            (Found::Unavailable, false, AppStanding::Outage(None)),
+            (Found::Unavailable, true, AppStanding::Outage(None)),
+        ];
+        for (found, seen, want) in table {
+            assert_eq!(standing_for_app_key(found, seen), want, "{found:?} {seen}");
+        }
     }
 
     #[test]

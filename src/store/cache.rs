@@ -143,16 +143,6 @@ impl Cache {
         Hit::Miss
     }
 
-    /// A tombstone in force for `key`, if the local view holds one (what this
-    /// instance still knows while Redis is unreachable).
-    pub fn tombstone(&self, key: SessionKey, now_ms: u64, t: Times) -> Option<EndReason> {
-        let shard = self.shard(key);
-        let e = shard.map.get(&key.0)?;
-        (now_ms < e.deadline(t.idle_ms, t.absolute_ms).0)
-            .then_some(e.ended)
-            .flatten()
-    }
-
     /// The generation a later [`Cache::fill`] of `key` must match.
     pub fn generation(&self, key: SessionKey) -> u64 {
         self.shard(key).generation
@@ -178,15 +168,18 @@ impl Cache {
             *e = entry;
             return;
         }
-        let room = self
-            .len
+        if self.reserve() {
+            shard.map.insert(key.0, entry);
+        }
+    }
+
+    /// Counts one more entry, unless the view is full.
+    fn reserve(&self) -> bool {
+        self.len
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < self.max).then_some(n + 1)
             })
-            .is_ok();
-        if room {
-            shard.map.insert(key.0, entry);
-        }
+            .is_ok()
     }
 
     /// Failover on this instance: moves a cached live session's pin.
@@ -205,17 +198,12 @@ impl Cache {
     /// memory store's rules (a live entry's deadline runs on with this call
     /// as its last sighting; an existing tombstone keeps its reason; an
     /// unknown or expired key gets one valid for `idle` from now).
+    ///
+    /// While Redis is down this tombstone is all that keeps the old id from
+    /// coming back, so a full view makes room for it by dropping a live
+    /// entry (which costs that session a Redis read, or while Redis is down
+    /// a route by its cookie).
     pub fn end(&self, key: SessionKey, reason: EndReason, now_ms: u64, t: Times) {
-        let mut shard = self.shard(key);
-        if let Some(e) = shard.map.get_mut(&key.0) {
-            if now_ms < e.deadline(t.idle_ms, t.absolute_ms).0 {
-                if e.ended.is_none() {
-                    e.seen_ms = e.seen_ms.max(now_ms);
-                    e.ended = Some(reason);
-                }
-                return;
-            }
-        }
         let fresh = Entry {
             created_ms: now_ms,
             seen_ms: now_ms,
@@ -223,7 +211,52 @@ impl Cache {
             backend: BackendId(0),
             ended: Some(reason),
         };
-        self.put_locked(&mut shard, key, fresh);
+        // `reserved`: an eviction already counted a slot for this call.
+        let mut reserved = false;
+        loop {
+            let mut shard = self.shard(key);
+            if let Some(e) = shard.map.get_mut(&key.0) {
+                if now_ms >= e.deadline(t.idle_ms, t.absolute_ms).0 {
+                    *e = fresh;
+                } else if e.ended.is_none() {
+                    e.seen_ms = e.seen_ms.max(now_ms);
+                    e.ended = Some(reason);
+                }
+                if reserved {
+                    self.len.fetch_sub(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            if reserved || self.reserve() {
+                shard.map.insert(key.0, fresh);
+                return;
+            }
+            drop(shard);
+            if !self.evict(now_ms, t) {
+                return;
+            }
+            reserved = true;
+        }
+    }
+
+    /// Drops one entry that is not a tombstone in force, one shard lock at a
+    /// time, keeping its slot counted for the caller; true if there was one.
+    fn evict(&self, now_ms: u64, t: Times) -> bool {
+        for i in 0..SHARDS {
+            let mut shard = self.lock(i);
+            let victim = shard
+                .map
+                .iter()
+                .find(|(_, e)| {
+                    e.ended.is_none() || now_ms >= e.deadline(t.idle_ms, t.absolute_ms).0
+                })
+                .map(|(k, _)| *k);
+            if let Some(k) = victim {
+                shard.map.remove(&k);
+                return true;
+            }
+        }
+        false
     }
 
     /// Another instance changed `key`: forget it, and refuse fills that
@@ -319,7 +352,6 @@ mod tests {
         c.put(k, live(T0));
         c.end(k, EndReason::Ended, T0 + 100, T);
         assert_eq!(c.lookup(k, T0 + 399, T), Hit::Over(EndReason::Ended));
-        assert_eq!(c.tombstone(k, T0 + 399, T), Some(EndReason::Ended));
         // A second end keeps the first reason.
         c.end(k, EndReason::Regenerated, T0 + 200, T);
         assert_eq!(c.lookup(k, T0 + 250, T), Hit::Over(EndReason::Ended));
@@ -327,10 +359,10 @@ mod tests {
         // Unknown key: a tombstone for idle from now.
         c.end(SessionKey(8), EndReason::Regenerated, T0, T);
         assert_eq!(
-            c.tombstone(SessionKey(8), T0 + 299, T),
-            Some(EndReason::Regenerated)
+            c.lookup(SessionKey(8), T0 + 299, T),
+            Hit::Over(EndReason::Regenerated)
         );
-        assert_eq!(c.tombstone(SessionKey(8), T0 + 300, T), None);
+        assert_eq!(c.lookup(SessionKey(8), T0 + 300, T), Hit::Miss);
     }
 
     #[test]
@@ -348,6 +380,38 @@ mod tests {
         c.clear();
         c.fill(SessionKey(3), live(T0), g);
         assert_eq!((c.lookup(k, T0, T), c.len()), (Hit::Miss, 0));
+    }
+
+    #[test]
+    fn a_tombstone_makes_room_in_a_full_view() {
+        let c = Cache::new(3);
+        for n in 0..3u128 {
+            c.put(SessionKey(n << 64 | n), live(T0));
+        }
+        c.end(SessionKey(9), EndReason::Ended, T0 + 10, T);
+        assert_eq!(c.len(), 3, "still bounded");
+        assert_eq!(
+            c.lookup(SessionKey(9), T0 + 20, T),
+            Hit::Over(EndReason::Ended)
+        );
+        let live_left = (0..3u128)
+            .filter(|n| {
+                matches!(
+                    c.lookup(SessionKey(n << 64 | n), T0 + 20, T),
+                    Hit::Live { .. }
+                )
+            })
+            .count();
+        assert_eq!(live_left, 2, "one live entry made room");
+        // A view of nothing but tombstones in force refuses a new one.
+        c.end(SessionKey(10), EndReason::Ended, T0 + 20, T);
+        c.end(SessionKey(11), EndReason::Ended, T0 + 20, T);
+        c.end(SessionKey(12), EndReason::Ended, T0 + 20, T);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.lookup(SessionKey(12), T0 + 30, T), Hit::Miss);
+        // Ending a key already held needs no room.
+        c.end(SessionKey(9), EndReason::Regenerated, T0 + 30, T);
+        assert_eq!(c.len(), 3);
     }
 
     #[test]

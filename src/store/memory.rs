@@ -20,6 +20,20 @@ use super::{
     BackendId, EndReason, Found, Insert, Record, SessionKey, SessionStore, MAX_BACKEND_IDS,
 };
 
+/// Most entries one eviction looks at before giving up: a full store of
+/// sessions that may not be evicted must not cost every refused insert a
+/// scan of the whole map.
+const EVICT_SCAN: usize = 4096;
+
+/// What an eviction may take (an expired entry always qualifies).
+#[derive(Clone, Copy)]
+enum Victim {
+    /// Only a live session a client alone vouches for.
+    Claimed,
+    /// Any live session (for a tombstone, which must not be refused).
+    Live,
+}
+
 /// Number of shards. A power of two so the shard is a mask of key bits; 64
 /// keeps contention negligible on the core counts tether runs on while the
 /// per-shard overhead (a mutex and an empty table) stays a few KiB.
@@ -49,6 +63,12 @@ struct Inner {
     live: AtomicU64,
     /// Live sessions per backend, indexed by `BackendId`.
     per_backend: Box<[AtomicU64]>,
+    /// Live sessions only a client vouches for (`insert_claimed`): when it
+    /// is zero, a full store has nothing an insert may evict, and no scan
+    /// is made.
+    claimed: AtomicUsize,
+    /// Where the next eviction scan starts, so evictions spread over shards.
+    evict_from: AtomicUsize,
     max_sessions: usize,
     idle_ms: AtomicU64,
     absolute_ms: AtomicU64,
@@ -78,6 +98,8 @@ struct Entry {
     backend: BackendId,
     /// `None` for a live session; `Some(reason)` for a tombstone.
     ended: Option<EndReason>,
+    /// Only a client vouches for it: the first to go when room is needed.
+    claimed: bool,
 }
 
 impl Entry {
@@ -161,6 +183,8 @@ impl MemoryStore {
                 len: AtomicUsize::new(0),
                 live: AtomicU64::new(0),
                 per_backend,
+                claimed: AtomicUsize::new(0),
+                evict_from: AtomicUsize::new(0),
                 max_sessions,
                 idle_ms: AtomicU64::new(millis(idle)),
                 absolute_ms: AtomicU64::new(millis(absolute)),
@@ -203,32 +227,65 @@ impl MemoryStore {
     }
 
     /// Stores a new live session, replacing a tombstone or an old record for
-    /// the same key. See [`SessionStore::insert`].
+    /// the same key; when full, evicts an expired or claimed entry to make
+    /// room. See [`SessionStore::insert`].
     pub fn insert(&self, key: SessionKey, record: Record) -> Insert {
+        self.put(key, record, false)
+    }
+
+    /// Stores a session only a client vouches for: a free slot or nothing.
+    /// See [`SessionStore::insert_claimed`].
+    pub fn insert_claimed(&self, key: SessionKey, record: Record) -> Insert {
+        self.put(key, record, true)
+    }
+
+    fn put(&self, key: SessionKey, record: Record, claimed: bool) -> Insert {
         let inner = &*self.inner;
         let new = Entry {
             created_ms: record.created_ms,
             seen_ms: record.seen_ms,
             backend: record.backend,
             ended: None,
+            claimed,
         };
-        let mut shard = inner.shard(key);
-        match shard.get_mut(&key.0) {
-            Some(old) => {
+        // `reserved`: an eviction already handed this call a slot.
+        let mut reserved = false;
+        loop {
+            let mut shard = inner.shard(key);
+            if let Some(old) = shard.get_mut(&key.0) {
                 let was = *old;
+                // A claim never weakens what a backend taught us.
+                let new = Entry {
+                    claimed: claimed
+                        && (was.claimed
+                            || was.ended.is_some()
+                            || was.expired(inner.timeouts(), record.seen_ms)),
+                    ..new
+                };
                 *old = new;
                 inner.forget_live(&was);
                 inner.count_live(&new);
-            }
-            None => {
-                if !inner.reserve_slot() {
-                    return Insert::Full;
+                if reserved {
+                    inner.len.fetch_sub(1, Ordering::Relaxed);
                 }
+                return Insert::Done;
+            }
+            if reserved || inner.reserve_slot() {
                 shard.insert(key.0, new);
                 inner.count_live(&new);
+                return Insert::Done;
             }
+            drop(shard);
+            // Full. Only what a backend taught us may make room, and only by
+            // taking an expired entry or one a client alone vouches for.
+            if claimed
+                || inner.claimed.load(Ordering::Relaxed) == 0
+                || !inner.evict(record.seen_ms, Victim::Claimed)
+            {
+                return Insert::Full;
+            }
+            reserved = true;
         }
-        Insert::Done
     }
 
     /// Failover: moves a live session's pin. See [`SessionStore::repin`].
@@ -272,6 +329,7 @@ impl MemoryStore {
                     // and its cookie may have been refreshed by it.
                     entry.seen_ms = entry.seen_ms.max(now_ms);
                     entry.ended = Some(reason);
+                    entry.claimed = false;
                     inner.forget_live(&was);
                 }
                 // An existing tombstone keeps its first reason and deadline:
@@ -286,23 +344,42 @@ impl MemoryStore {
                 seen_ms: now_ms,
                 backend: was.backend,
                 ended: Some(reason),
+                claimed: false,
             };
             inner.forget_live(&was);
             return Insert::Done;
         }
-        if !inner.reserve_slot() {
-            return Insert::Full;
+        let tombstone = Entry {
+            created_ms: now_ms,
+            seen_ms: now_ms,
+            backend: BackendId(0),
+            ended: Some(reason),
+            claimed: false,
+        };
+        if inner.reserve_slot() {
+            shard.insert(key.0, tombstone);
+            return Insert::Done;
         }
-        shard.insert(
-            key.0,
-            Entry {
-                created_ms: now_ms,
-                seen_ms: now_ms,
-                backend: BackendId(0),
-                ended: Some(reason),
-            },
-        );
-        Insert::Done
+        // Full. A refused tombstone would let the old id be adopted again
+        // (logout that does not take), so it makes room: an expired or
+        // claimed entry if there is one, else a live session, which loses
+        // only its store record (its cookie still routes it).
+        drop(shard);
+        let room = inner.evict(now_ms, Victim::Claimed) || inner.evict(now_ms, Victim::Live);
+        let mut shard = inner.shard(key);
+        if shard.contains_key(&key.0) {
+            // Someone wrote the key meanwhile; end that instead.
+            drop(shard);
+            if room {
+                inner.len.fetch_sub(1, Ordering::Relaxed);
+            }
+            return self.end(key, reason, now_ms);
+        }
+        if room || inner.reserve_slot() {
+            shard.insert(key.0, tombstone);
+            return Insert::Done;
+        }
+        Insert::Full
     }
 
     /// Live sessions pinned to `backend` (0 for an id beyond
@@ -434,6 +511,9 @@ impl Inner {
 
     fn count_live(&self, e: &Entry) {
         if e.ended.is_none() {
+            if e.claimed {
+                self.claimed.fetch_add(1, Ordering::Relaxed);
+            }
             self.live.fetch_add(1, Ordering::Relaxed);
             self.backend_count(e.backend)
                 .fetch_add(1, Ordering::Relaxed);
@@ -443,6 +523,9 @@ impl Inner {
     /// Uncounts an entry that stops being live but keeps its slot.
     fn forget_live(&self, e: &Entry) {
         if e.ended.is_none() {
+            if e.claimed {
+                self.claimed.fetch_sub(1, Ordering::Relaxed);
+            }
             self.live.fetch_sub(1, Ordering::Relaxed);
             self.backend_count(e.backend)
                 .fetch_sub(1, Ordering::Relaxed);
@@ -453,6 +536,46 @@ impl Inner {
     fn forget(&self, e: &Entry) {
         self.forget_live(e);
         self.len.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Removes one entry to make room for another, keeping its slot
+    /// reserved for the caller (so `len` does not change and no racing
+    /// insert can take it). Looks at `EVICT_SCAN` entries at most, one shard
+    /// lock at a time; true if it found one.
+    fn evict(&self, now_ms: u64, victim: Victim) -> bool {
+        let t = self.timeouts();
+        let start = self.evict_from.fetch_add(1, Ordering::Relaxed);
+        let mut budget = EVICT_SCAN;
+        for n in 0..SHARDS {
+            let i = (start + n) & (SHARDS - 1);
+            let mut shard = self.shards[i].lock().unwrap_or_else(|p| p.into_inner());
+            let fits = |e: &Entry| match victim {
+                Victim::Claimed => e.expired(t, now_ms) || (e.claimed && e.ended.is_none()),
+                Victim::Live => e.expired(t, now_ms) || e.ended.is_none(),
+            };
+            let mut found = None;
+            for (k, e) in shard.iter() {
+                if fits(e) {
+                    found = Some(*k);
+                    break;
+                }
+                budget -= 1;
+                if budget == 0 {
+                    break;
+                }
+            }
+            if let Some(k) = found {
+                if let Some(gone) = shard.remove(&k) {
+                    // Uncounted as live, but its slot passes to the caller.
+                    self.forget_live(&gone);
+                    return true;
+                }
+            }
+            if budget == 0 {
+                return false;
+            }
+        }
+        false
     }
 
     fn reap_shard(&self, i: usize, now_ms: u64) -> usize {
@@ -485,6 +608,10 @@ impl SessionStore for MemoryStore {
 
     async fn insert(&self, key: SessionKey, record: Record) -> Insert {
         MemoryStore::insert(self, key, record)
+    }
+
+    async fn insert_claimed(&self, key: SessionKey, record: Record) -> Insert {
+        MemoryStore::insert_claimed(self, key, record)
     }
 
     async fn repin(&self, key: SessionKey, backend: BackendId, now_ms: u64) -> bool {
@@ -547,17 +674,20 @@ mod tests {
     fn assert_counts_exact(s: &MemoryStore) {
         let mut len = 0usize;
         let mut live = 0u64;
+        let mut claimed = 0usize;
         let mut per = vec![0u64; MAX_BACKEND_IDS];
         for shard in s.inner.shards.iter() {
             let shard = shard.lock().unwrap();
             len += shard.len();
             for e in shard.values().filter(|e| e.ended.is_none()) {
+                claimed += usize::from(e.claimed);
                 live += 1;
                 per[usize::from(e.backend.0)] += 1;
             }
         }
         assert_eq!(s.len(), len, "len");
         assert_eq!(s.live(), live, "live");
+        assert_eq!(s.inner.claimed.load(Ordering::Relaxed), claimed, "claimed");
         for (i, n) in per.iter().enumerate() {
             assert_eq!(s.sessions_on(BackendId(i as u16)), *n, "backend {i}");
         }
@@ -746,13 +876,12 @@ mod tests {
     }
 
     #[test]
-    fn full_at_the_bound_and_nothing_is_evicted() {
+    fn full_at_the_bound_and_no_session_is_evicted_for_another() {
         let s = store(3);
         for n in 0..3 {
             assert_eq!(s.insert(key(n), rec(A, T0)), Insert::Done);
         }
         assert_eq!(s.insert(key(3), rec(A, T0)), Insert::Full);
-        assert_eq!(s.end(key(4), EndReason::Ended, T0), Insert::Full);
         // Replacing an existing key needs no room.
         assert_eq!(s.insert(key(0), rec(B, T0 + 1)), Insert::Done);
         assert_eq!(s.end(key(1), EndReason::Ended, T0 + 1), Insert::Done);
@@ -760,11 +889,68 @@ mod tests {
             assert_ne!(s.get_touch(key(n), T0 + 2), Found::Missing, "key {n} kept");
         }
         assert_eq!(s.get_touch(key(3), T0 + 2), Found::Missing);
-        // Room comes back only as entries expire, never by eviction.
         assert_eq!(s.insert(key(3), rec(A, T0 + 2)), Insert::Full);
+        assert_counts_exact(&s);
+        // Room comes back as entries expire.
         s.reap(T0 + 10_000);
         assert_eq!(s.insert(key(3), rec(A, T0 + 10_000)), Insert::Done);
         assert_counts_exact(&s);
+    }
+
+    #[test]
+    fn a_tombstone_makes_room_in_a_full_store() {
+        let s = store(3);
+        for n in 0..3 {
+            assert_eq!(s.insert(key(n), rec(A, T0)), Insert::Done);
+        }
+        assert_eq!(s.end(key(0), EndReason::Ended, T0 + 1), Insert::Done);
+        // An absent key's tombstone takes a live session's slot (its cookie
+        // still routes that one), never another tombstone's.
+        assert_eq!(s.end(key(4), EndReason::Ended, T0 + 2), Insert::Done);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.get_touch(key(4), T0 + 3), Found::Over(EndReason::Ended));
+        assert_eq!(s.get_touch(key(0), T0 + 3), Found::Over(EndReason::Ended));
+        let live = [1, 2]
+            .iter()
+            .filter(|n| matches!(s.get_touch(key(**n), T0 + 3), Found::Live(_)))
+            .count();
+        assert_eq!((live, s.live(), s.sessions_on(A)), (1, 1, 1));
+        assert_counts_exact(&s);
+        assert_eq!(s.end(key(5), EndReason::Regenerated, T0 + 4), Insert::Done);
+        // Nothing but tombstones in force: the bound holds.
+        assert_eq!(s.end(key(6), EndReason::Ended, T0 + 5), Insert::Full);
+        assert_eq!((s.len(), s.live()), (3, 0));
+        assert_counts_exact(&s);
+    }
+
+    #[test]
+    fn claimed_sessions_give_way_to_learned_pins_only() {
+        let s = store(3);
+        assert_eq!(s.insert_claimed(key(0), rec(A, T0)), Insert::Done);
+        assert_eq!(s.insert_claimed(key(1), rec(B, T0)), Insert::Done);
+        assert_eq!(s.insert(key(2), rec(A, T0)), Insert::Done);
+        // A claim never makes room, not even from another claim.
+        assert_eq!(s.insert_claimed(key(3), rec(A, T0)), Insert::Full);
+        // A claim on a learned key does not weaken it.
+        assert_eq!(s.insert_claimed(key(2), rec(A, T0)), Insert::Done);
+        // Learned pins take the claims' room, one each.
+        assert_eq!(s.insert(key(4), rec(A, T0 + 1)), Insert::Done);
+        assert_counts_exact(&s);
+        assert_eq!(s.insert(key(5), rec(B, T0 + 1)), Insert::Done);
+        assert_eq!(s.insert(key(6), rec(B, T0 + 1)), Insert::Full);
+        for n in [2, 4, 5] {
+            assert!(matches!(s.get_touch(key(n), T0 + 2), Found::Live(_)), "{n}");
+        }
+        assert_eq!((s.len(), s.live()), (3, 3));
+        assert_eq!(s.inner.claimed.load(Ordering::Relaxed), 0);
+        assert_counts_exact(&s);
+        // A learned insert of a claimed key makes it learned.
+        let s = store(2);
+        assert_eq!(s.insert_claimed(key(0), rec(A, T0)), Insert::Done);
+        assert_eq!(s.insert(key(0), rec(A, T0)), Insert::Done);
+        assert_eq!(s.insert(key(1), rec(A, T0)), Insert::Done);
+        assert_eq!(s.insert(key(2), rec(A, T0)), Insert::Full);
+        assert_eq!(s.inner.claimed.load(Ordering::Relaxed), 0);
     }
 
     #[test]

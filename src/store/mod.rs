@@ -14,9 +14,11 @@ use std::time::Duration;
 mod cache;
 pub mod memory;
 pub mod redis;
+pub mod seen;
 
 pub use memory::MemoryStore;
 pub use redis::{RedisSettings, RedisStore};
+pub use seen::Sightings;
 
 /// 128 bits that name a session in the store: a tether session id, or a keyed
 /// digest of an app's key.
@@ -94,6 +96,11 @@ pub enum Found {
     /// The store cannot answer (Redis down or slow, or a record this instance
     /// cannot read). The memory store never says this.
     Unavailable,
+    /// The store cannot answer, but this instance's local view last knew the
+    /// session live as this record (its idle clock restarted locally). Only
+    /// as fresh as the last invalidation this instance received: the best
+    /// guess while Redis is down, never an answer while it is up.
+    Stale(Record),
 }
 
 /// The outcome of a write that may add an entry.
@@ -126,8 +133,24 @@ pub trait SessionStore {
     ///
     /// # Errors
     /// Returns [`Insert::Full`] when the key is new and the store holds
-    /// `max_sessions` entries (tombstones included). Nothing is evicted.
+    /// `max_sessions` entries (tombstones included), none of them expired or
+    /// claimed (see [`SessionStore::insert_claimed`]): only those are
+    /// evicted to make room.
     fn insert(&self, key: SessionKey, record: Record) -> impl Future<Output = Insert> + Send;
+
+    /// Stores a session that only a client vouches for (an app key it
+    /// presented again, never learned from a backend). It takes a free slot
+    /// but never makes room; when the store is full, [`SessionStore::insert`]
+    /// and [`SessionStore::end`] may evict it to make theirs. A later
+    /// `insert` of the same key makes it an ordinary entry.
+    ///
+    /// # Errors
+    /// Returns [`Insert::Full`] as `insert` does.
+    fn insert_claimed(
+        &self,
+        key: SessionKey,
+        record: Record,
+    ) -> impl Future<Output = Insert> + Send;
 
     /// Failover: pins a live session to `backend`, keeping `created_ms`, and
     /// moves its count. Returns `false` (and changes nothing) when the key is
@@ -144,10 +167,13 @@ pub trait SessionStore {
     /// this call counts as a sighting. An absent key gets a tombstone valid
     /// for `idle` from now. Tombstones do not count as live.
     ///
+    /// A tombstone is what keeps a logged-out id from coming back, so when
+    /// the store is full it makes room: an expired or claimed entry goes
+    /// first, else a live session (whose cookie still routes it).
+    ///
     /// # Errors
-    /// Returns [`Insert::Full`] when the key was absent and the store is full:
-    /// the tombstone is refused, and the old cookie is then judged by its own
-    /// timestamps.
+    /// Returns [`Insert::Full`] only when the key was absent and every entry
+    /// is a tombstone still in force.
     fn end(
         &self,
         key: SessionKey,
@@ -214,6 +240,13 @@ impl SessionStore for Store {
     async fn insert(&self, key: SessionKey, record: Record) -> Insert {
         match self {
             Store::Memory(m) => m.insert(key, record),
+            Store::Redis(r) => r.insert(key, record).await,
+        }
+    }
+
+    async fn insert_claimed(&self, key: SessionKey, record: Record) -> Insert {
+        match self {
+            Store::Memory(m) => m.insert_claimed(key, record),
             Store::Redis(r) => r.insert(key, record).await,
         }
     }

@@ -370,16 +370,14 @@ impl RedisStore {
     }
 
     /// See [`super::SessionStore::get_touch`]. Never waits longer than
-    /// `command_timeout`; `Unavailable` while Redis is down, except for a
-    /// tombstone this instance still holds.
+    /// `command_timeout`. While Redis is down (or a read fails) the local
+    /// view answers what it holds: a tombstone, or a live session as
+    /// `Stale`; else `Unavailable`.
     pub async fn get_touch(&self, key: SessionKey, now_ms: u64) -> Found {
         let inner = &*self.inner;
         let t = inner.times();
         if !inner.is_up() {
-            return inner
-                .cache
-                .tombstone(key, now_ms, t)
-                .map_or(Found::Unavailable, Found::Over);
+            return inner.offline(key, now_ms, t);
         }
         if inner.subscribed.load(Ordering::Acquire) {
             match inner.cache.lookup(key, now_ms, t) {
@@ -401,7 +399,7 @@ impl RedisStore {
         let generation = inner.cache.generation(key);
         let cmd = inner.eval("get", key, now_ms, t, &[]);
         let Some(value) = inner.call::<Option<String>>(&cmd).await else {
-            return Found::Unavailable;
+            return inner.offline(key, now_ms, t);
         };
         let (found, entry) = inner.judge(value.as_deref(), now_ms, t);
         if let Some(e) = entry {
@@ -498,6 +496,17 @@ impl RedisStore {
 impl Inner {
     fn is_up(&self) -> bool {
         self.state.load(Ordering::Acquire) == UP
+    }
+
+    /// What the local view alone can say while Redis cannot answer. Its
+    /// live entries keep their local idle clock running (nothing is queued:
+    /// writes are dropped while down, and the view is cleared on recovery).
+    fn offline(&self, key: SessionKey, now_ms: u64, t: Times) -> Found {
+        match self.cache.lookup(key, now_ms, t) {
+            Hit::Live { prev, .. } => Found::Stale(prev),
+            Hit::Over(reason) => Found::Over(reason),
+            Hit::Miss => Found::Unavailable,
+        }
     }
 
     fn times(&self) -> Times {
