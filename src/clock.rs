@@ -3,7 +3,12 @@
 //! Cookies carry wall-clock times (another instance must understand them), but
 //! idle clocks must not jump when NTP steps the system clock. So the clock
 //! reads the wall clock once, at start, and advances it with a monotonic
-//! `Instant`. Tests use [`Clock::manual`] and move time by hand.
+//! `Instant`: a step after start (forwards or backwards) neither ends nor
+//! extends a session. The price: an error in the wall clock *at start* stays
+//! until restart, so tether should start after time sync, and instances must
+//! agree within `session::FUTURE_SKEW_MS`. Tests use [`Clock::manual`] and
+//! move time by hand, or [`Clock::with_wall`] to step the wall a real clock
+//! would read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,12 +27,20 @@ enum Inner {
 impl Clock {
     /// The real clock: wall time at start, advanced monotonically.
     pub fn system() -> Clock {
-        let base_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        Clock::with_wall(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        })
+    }
+
+    /// The real clock, reading the wall (unix ms) from `wall` instead of the
+    /// system: a seam for tests that step the wall without touching the
+    /// machine's. Like [`Clock::system`], it reads `wall` once, now.
+    pub fn with_wall(wall: impl Fn() -> u64) -> Clock {
         Clock(Inner::System {
-            base_ms,
+            base_ms: wall(),
             start: Instant::now(),
         })
     }
@@ -68,6 +81,20 @@ mod tests {
         let a = c.now_ms();
         assert!(a.abs_diff(wall) < 1000);
         assert!(c.now_ms() >= a);
+    }
+
+    #[test]
+    fn a_wall_step_after_start_moves_nothing() {
+        use std::sync::atomic::AtomicI64;
+        let wall = Arc::new(AtomicI64::new(1_700_000_000_000));
+        let w = wall.clone();
+        let c = Clock::with_wall(move || w.load(Ordering::SeqCst) as u64);
+        let a = c.now_ms();
+        for step in [3_600_000, -7_200_000] {
+            wall.fetch_add(step, Ordering::SeqCst);
+            let b = c.now_ms();
+            assert!(b >= a && b - a < 1_000, "stepped {step}: {a} -> {b}");
+        }
     }
 
     #[test]

@@ -89,6 +89,14 @@ fn effective_secret(config: &Config) -> Vec<u8> {
 /// # Errors
 /// A listener cannot bind, or the TLS key does not load.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with_clock(config, Clock::system()).await
+}
+
+/// [`start`] on a given clock (tests step its wall; see [`Clock::with_wall`]).
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let resolver = match &config.tls {
         Some(t) => Some(Arc::new(CertResolver::new(tls::certified_key(
@@ -106,7 +114,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let secret = effective_secret(&config);
     let snapshot = Snapshot::build(config.clone(), &names, &secret, None);
     let s = &config.session;
-    let clock = Clock::system();
     let metrics = Arc::new(Metrics::new());
     let store = match config.store.kind {
         StoreKind::Memory => {

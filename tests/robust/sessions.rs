@@ -366,3 +366,77 @@ async fn a_cookie_stamped_in_the_future_is_not_trusted() {
     assert_eq!(r.state(), "new");
     t.stop().await;
 }
+
+/// A tether whose clock reads its wall from `wall` (a test seam; the
+/// machine's clock is never touched).
+async fn tether_on_wall(toml: &str, wall: impl Fn() -> u64) -> Tether {
+    let cfg = tether::config::from_str(toml, &repo().join("test.toml"), None)
+        .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
+    let clock = tether::clock::Clock::with_wall(wall);
+    let running = tether::server::start_with_clock(cfg, clock)
+        .await
+        .expect("tether starts");
+    let addrs = running.addrs().to_vec();
+    Tether {
+        running: Some(running),
+        addrs,
+    }
+}
+
+/// A wall-clock step (NTP, forwards or backwards) neither ends nor extends
+/// a session: an hour forward keeps it `continued`, an hour back does not
+/// keep it alive past its idle timeout.
+#[tokio::test]
+async fn a_wall_clock_step_neither_ends_nor_extends_a_session() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    let pool = pool(3).await;
+    let offset = Arc::new(AtomicI64::new(0));
+    let o = offset.clone();
+    let wall = move || wall_ms().saturating_add_signed(o.load(Ordering::SeqCst));
+    let t = tether_on_wall(&config("idle_timeout = \"800ms\"", &refs(&pool)), wall).await;
+    let mut s = Session::new(t.addr());
+    let home = s.get("/").await.backend();
+    assert_eq!(s.get("/").await.state(), "continued");
+
+    offset.store(3_600_000, Ordering::SeqCst);
+    let r = s.get("/").await;
+    assert_eq!(
+        (r.state(), r.backend()),
+        ("continued".into(), home.clone()),
+        "an hour's step forward ended the session"
+    );
+    offset.store(-3_600_000, Ordering::SeqCst);
+    let r = s.get("/").await;
+    assert_eq!((r.state(), r.backend()), ("continued".into(), home));
+    // Idle for longer than idle_timeout: over, however far back the wall went.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(s.get("/").await.state(), "expired");
+    t.stop().await;
+}
+
+/// Two instances whose walls differ by a step (the second started after
+/// its host's clock jumped an hour ahead): the second's cookies are stamped
+/// an hour in the first's future, and the first does not trust them
+/// (they would otherwise outlive their timeouts by that hour).
+#[tokio::test]
+async fn an_instance_an_hour_ahead_cannot_extend_sessions_on_another() {
+    let pool = pool(3).await;
+    let toml = config("idle_timeout = \"1h\"", &refs(&pool));
+    let here = Tether::start(&toml).await;
+    let ahead = tether_on_wall(&toml, || wall_ms() + 3_600_000).await;
+    let mut s = Session::new(ahead.addr());
+    assert_eq!(s.get("/").await.state(), "new");
+    assert_eq!(s.get("/").await.state(), "continued");
+    s.addr = here.addr();
+    let r = s.get("/").await;
+    assert_eq!(
+        r.state(),
+        "new",
+        "a cookie stamped an hour ahead was trusted"
+    );
+    // The fresh session is this instance's own, and continues here.
+    assert_eq!(s.get("/").await.state(), "continued");
+    here.stop().await;
+    ahead.stop().await;
+}
