@@ -339,10 +339,11 @@ async fn proxy<'s>(
                 attempt += 1;
                 plan.backend = next;
                 if snap.sticky {
-                    if plan.state != SessionState::New {
+                    let (state, pin_lost) = plan.state.after_retry();
+                    if pin_lost {
                         shared.metrics.pin_lost(PinLost::BackendDown);
                     }
-                    plan.state = SessionState::Failover;
+                    plan.state = state;
                     headers::set_session_state(r.headers_mut(), plan.state);
                     repin_after_retry(shared, snap, &mut plan, now).await;
                 }
