@@ -272,7 +272,12 @@ async fn proxy<'s>(
         b.requests.fetch_add(1, Ordering::Relaxed);
         let sent_at = Instant::now();
         match snap.upstreams[plan.backend]
-            .send(req, replay.as_ref(), &snap.upstream_timeouts)
+            .send(
+                req,
+                replay.as_ref(),
+                watch.as_deref(),
+                &snap.upstream_timeouts,
+            )
             .await
         {
             Ok(ok) => {

@@ -18,7 +18,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::{Body, OnEnd};
+use crate::body::{Body, BodyWatch, OnEnd};
 
 /// Idle connections kept per backend; more are closed when released.
 /// Enough for the concurrency one core can drive; backends cap it too.
@@ -29,7 +29,9 @@ const MAX_IDLE_PER_BACKEND: usize = 256;
 pub struct Timeouts {
     /// TCP connect to a backend.
     pub connect: Duration,
-    /// From sending the request until the response head arrives.
+    /// How long a backend may keep tether waiting: for the response head
+    /// once the request (body included) has gone, or to take the next piece
+    /// of a request body. Time spent waiting for the client is not counted.
     pub response: Duration,
 }
 
@@ -160,6 +162,8 @@ impl Pool {
 
     /// Sends `req` on a pooled or new connection. On success the caller gets
     /// the response and a [`Lease`] to fire when the body ends (or drop).
+    /// `body` watches the request's body, if it has one: `t.response` then
+    /// counts only the backend's time (see [`BodyWatch::backend_stalled`]).
     ///
     /// # Errors
     /// [`Failure::Connect`] hands the request back (nothing was sent). A
@@ -171,6 +175,7 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<Body>,
         replay: Option<&Replay>,
+        body: Option<&BodyWatch>,
         t: &Timeouts,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         let mut fresh_only = false;
@@ -192,14 +197,27 @@ impl Pool {
             if pooled && sender.ready().await.is_err() {
                 continue;
             }
-            match tokio::time::timeout(t.response, sender.try_send_request(req)).await {
-                Err(_) => {
+            let exchange = sender.try_send_request(req);
+            let answer = match body {
+                None => tokio::time::timeout(t.response, exchange).await.ok(),
+                // The backend's clock stops while the client trickles its body.
+                Some(w) => {
+                    w.started();
+                    tokio::select! {
+                        biased;
+                        r = exchange => Some(r),
+                        () = w.backend_stalled(t.response) => None,
+                    }
+                }
+            };
+            match answer {
+                None => {
                     return Err(SendError {
                         failure: Failure::Timeout,
                         request: None,
                     })
                 }
-                Ok(Ok(resp)) => {
+                Some(Ok(resp)) => {
                     return Ok((
                         resp,
                         Lease {
@@ -208,7 +226,7 @@ impl Pool {
                         },
                     ))
                 }
-                Ok(Err(mut e)) => match e.take_message() {
+                Some(Err(mut e)) => match e.take_message() {
                     // Never serialized: the connection died under us. Safe to try again.
                     Some(r) if pooled => req = r,
                     Some(r) => {
