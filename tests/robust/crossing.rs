@@ -4,15 +4,17 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Request;
+use http::{Request, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -290,4 +292,217 @@ async fn response_timeout_counts_from_the_end_of_the_request_body() {
     assert_eq!(r.status, 504, "{:?}", r.body);
     t.stop().await;
     stuck.abort();
+}
+
+// ---------------------------------------------------------------- idle upstream connections
+
+/// A plain HTTP/1.1 backend, written on raw TCP so its keep-alive timer is
+/// exact: a connection idle for `idle` is the server's to close. Like a real
+/// server under load, it notices late: the FIN leaves only after `fin_after`,
+/// and a request arriving in between has crossed that FIN on the wire, so
+/// the connection is dropped unread (which the client sees as a reset).
+struct IdleCloser {
+    addr: SocketAddr,
+    /// Requests answered.
+    served: Arc<AtomicU64>,
+    /// Requests that arrived on a connection already timed out, dropped unread.
+    crossed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl IdleCloser {
+    async fn start(idle: Duration, fin_after: Duration) -> IdleCloser {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (served, crossed) = (Arc::default(), Arc::default());
+        let (s, c) = (Arc::clone(&served), Arc::clone(&crossed));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (s, c) = (Arc::clone(&s), Arc::clone(&c));
+                tokio::spawn(Self::serve(stream, idle, fin_after, s, c));
+            }
+        });
+        IdleCloser {
+            addr,
+            served,
+            crossed,
+            task,
+        }
+    }
+
+    async fn serve(
+        mut stream: TcpStream,
+        idle: Duration,
+        fin_after: Duration,
+        served: Arc<AtomicU64>,
+        crossed: Arc<AtomicU64>,
+    ) {
+        let mut answered_at: Option<Instant> = None;
+        let mut buf = Vec::new();
+        loop {
+            if let Some(at) = answered_at {
+                // Between requests: the keep-alive timer runs.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(fin_after, stream.peek(&mut first)).await {
+                    Err(_) => return,                 // timed out: close (FIN)
+                    Ok(Ok(0)) | Ok(Err(_)) => return, // tether closed its side
+                    Ok(Ok(_)) => {}
+                }
+                if at.elapsed() >= idle {
+                    crossed.fetch_add(1, Ordering::SeqCst);
+                    return; // the request crossed our close: dropped unread (a reset)
+                }
+            }
+            // Read one request head, then its Content-Length body.
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..head_end + len);
+            if head.contains(" /healthz ") {
+                if stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            } else {
+                let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+                let body = n.to_string();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if stream.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            answered_at = Some(Instant::now());
+        }
+    }
+}
+
+impl Drop for IdleCloser {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A backend that closes idle keep-alive connections never costs a 502, a
+/// second delivery of a POST, or a passive failure: tether lets a pooled
+/// connection go after `timeouts.upstream_idle`, before the backend's own
+/// timer, and a connection found closed before the request was written
+/// counts as never sent.
+#[tokio::test]
+async fn backends_that_close_idle_connections_cost_no_502_and_no_failure() {
+    let backend = IdleCloser::start(Duration::from_millis(300), Duration::from_millis(600)).await;
+    let cfg = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\ntls = false\n\n[session]\nsecret = \"{SECRET}\"\n\n\
+         [timeouts]\nupstream_idle = \"200ms\"\n\n\
+         [health]\ninterval = \"60s\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n\n\
+         [[backend]]\nname = \"a\"\naddress = \"{}\"\n",
+        backend.addr
+    );
+    let t = Tether::start(&cfg).await;
+
+    // One client connection, POSTs with bodies spaced around the backend's
+    // idle time: well under, just under, across and well past it.
+    let tcp = TcpStream::connect(t.addr()).await.unwrap();
+    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let gaps = [0, 50, 150, 250, 320, 400, 100, 500, 650, 280, 180, 700, 350];
+    for (i, gap) in gaps.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(*gap)).await;
+        let req = Request::post("/order")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::from(format!("order {i}"))))
+            .unwrap();
+        let r = tokio::time::timeout(HANG, s.send_request(req))
+            .await
+            .expect("request hung")
+            .unwrap();
+        let r = Resp::read(r).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "POST {i} after {gap} ms: {:?}",
+            r.body
+        );
+        assert_eq!(
+            r.body,
+            (i + 1).to_string(),
+            "POST {i} after {gap} ms reached the backend more than once (or not at all)"
+        );
+    }
+    assert_eq!(backend.served.load(Ordering::SeqCst), gaps.len() as u64);
+    assert_eq!(
+        backend.crossed.load(Ordering::SeqCst),
+        0,
+        "tether wrote on a connection the backend had timed out"
+    );
+    assert_eq!(backend_field(&t, "a", "state").await, "up");
+    assert_eq!(backend_field(&t, "a", "failures").await, 0);
+    t.stop().await;
+}
+
+/// When tether is told to keep connections longer than the backend does, a
+/// POST can cross the backend's close on the wire. It may have been read, so
+/// it is not replayed (502), but the backend did nothing wrong: no passive
+/// failure, even with `fall = 1`, and the next request is served.
+#[tokio::test]
+async fn a_request_crossing_the_backends_idle_close_is_no_backend_failure() {
+    let backend = IdleCloser::start(Duration::from_millis(150), Duration::from_secs(5)).await;
+    let cfg = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\ntls = false\n\n[session]\nsecret = \"{SECRET}\"\n\n\
+         [timeouts]\nupstream_idle = \"10s\"\n\n\
+         [health]\ninterval = \"60s\"\nfall = 1\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n\n\
+         [[backend]]\nname = \"a\"\naddress = \"{}\"\n",
+        backend.addr
+    );
+    let t = Tether::start(&cfg).await;
+    let post = || {
+        Request::post("/order")
+            .body(Full::new(Bytes::from_static(b"order")))
+            .unwrap()
+    };
+    assert_eq!(send(t.addr(), Proto::Plain, post()).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = send(t.addr(), Proto::Plain, post()).await;
+    assert_eq!(backend.crossed.load(Ordering::SeqCst), 1, "{:?}", r.body);
+    assert_eq!(
+        r.status, 502,
+        "a POST that may have been read is not replayed"
+    );
+    assert_eq!(backend.served.load(Ordering::SeqCst), 1);
+    assert_eq!(backend_field(&t, "a", "state").await, "up");
+    assert_eq!(send(t.addr(), Proto::Plain, post()).await.status, 200);
+    assert_eq!(backend.served.load(Ordering::SeqCst), 2);
+    t.stop().await;
 }
