@@ -216,15 +216,26 @@ pub fn to_upstream(
     let h = &mut parts.headers;
     remove_hop_by_hop(h, upgrade);
 
-    // The forwarded host is what the client asked for: Host in HTTP/1, :authority in HTTP/2.
-    if let Some(host) = h.get(HOST).cloned() {
-        h.insert(X_FORWARDED_HOST.clone(), host);
-    } else if let Some(host) = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        h.insert(HOST, host.clone());
+    // The forwarded host is what the client asked for: Host in HTTP/1,
+    // :authority in HTTP/2. There :authority wins over any `host` fields
+    // (RFC 9113 section 8.3.1), and nothing upstream of here counted them:
+    // `insert` leaves the backend exactly one Host.
+    let h2 = parts.version == Version::HTTP_2;
+    let host = match h.get(HOST) {
+        Some(host) if !h2 => Some(host.clone()),
+        first => {
+            let host = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .or_else(|| first.cloned());
+            if let Some(v) = &host {
+                h.insert(HOST, v.clone());
+            }
+            host
+        }
+    };
+    if let Some(host) = host {
         h.insert(X_FORWARDED_HOST.clone(), host);
     }
     h.insert(
@@ -233,9 +244,7 @@ pub fn to_upstream(
     );
     append_forwarded_for(h, client_ip);
 
-    if let Some(name) = strip {
-        strip_request_cookie(h, name);
-    }
+    one_cookie_line(h, strip);
 
     // Backends speak HTTP/1.1 and want origin-form targets.
     parts.version = Version::HTTP_11;
@@ -306,27 +315,64 @@ fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
     }
 }
 
-fn strip_request_cookie(h: &mut HeaderMap, name: &str) {
+/// Leaves the backend at most one Cookie field, without tether's cookie when
+/// `strip` names it. HTTP/2 clients split cookies into crumbs, one field each,
+/// which must be joined with "; " before an HTTP/1.1 hop (RFC 9113 section
+/// 8.2.3): WSGI servers join repeated fields with a comma, so `a=1` and `b=2`
+/// would reach the app as `a` = `1,b=2`.
+fn one_cookie_line(h: &mut HeaderMap, strip: Option<&str>) {
     // The usual case, one Cookie field, costs one lookup and at most one edit.
     let mut fields = h.get_all(COOKIE).iter();
-    if let (Some(v), None) = (fields.next(), fields.next()) {
-        match strip_cookie(v, name) {
+    let first = match (fields.next(), fields.next()) {
+        (None, _) => return,
+        (Some(v), None) => v,
+        (Some(_), Some(_)) => return join_cookie_crumbs(h, strip),
+    };
+    if let Some(name) = strip {
+        match strip_cookie(first, name) {
             // Unchanged: ours was not in it.
-            Some(kept) if kept == v => {}
+            Some(kept) if kept == first => {}
             Some(kept) => drop(h.insert(COOKIE, kept)),
             None => drop(h.remove(COOKIE)),
         }
-        return;
     }
-    let kept: Vec<HeaderValue> = h
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| strip_cookie(v, name))
-        .collect();
-    h.remove(COOKIE);
-    for v in kept {
-        h.append(COOKIE, v);
+}
+
+fn join_cookie_crumbs(h: &mut HeaderMap, strip: Option<&str>) {
+    let mut joined = Vec::new();
+    for v in h.get_all(COOKIE) {
+        let kept = match strip {
+            Some(name) => strip_cookie(v, name),
+            None => Some(v.clone()),
+        };
+        let Some(kept) = kept else { continue };
+        let crumb = trim_crumb(kept.as_bytes());
+        if crumb.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb);
     }
+    // Every byte came from a valid header value, so the join is one too; were
+    // it not, dropping the field errs on the side of not forwarding tether's
+    // credential.
+    match HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        Ok(v) if !v.is_empty() => drop(h.insert(COOKIE, v)),
+        _ => drop(h.remove(COOKIE)),
+    }
+}
+
+/// A crumb without the separators and spaces around it.
+fn trim_crumb(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t' | b';', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t' | b';'] = b {
+        b = rest;
+    }
+    b
 }
 
 /// Sets `Tether-Session-State`, replacing anything the client sent.
@@ -470,6 +516,11 @@ mod tests {
         );
         let all: Vec<_> = p.headers.get_all(COOKIE).iter().collect();
         assert_eq!(all, vec!["a=1; b=2"]);
+        assert_eq!(
+            p.headers.get_all(COOKIE).iter().count(),
+            1,
+            "crumbs are one line"
+        );
 
         // Re-joining with "; " can make the stripped value exactly as long as
         // the original: it must still go.
@@ -485,6 +536,64 @@ mod tests {
         let mut p = parts(Request::get("/").header("cookie", "a=1").body(()).unwrap());
         to_upstream(&mut p, "10.0.0.1".parse().unwrap(), false, Some("s"));
         assert_eq!(p.headers[COOKIE], "a=1");
+    }
+
+    #[test]
+    fn cookie_crumbs_become_one_line() {
+        // (fields as sent, tether's cookie name to strip, the one line upstream)
+        let cases: &[(&[&str], Option<&str>, Option<&str>)] = &[
+            (&["a=1", "b=2"], None, Some("a=1; b=2")),
+            (&["a=1", "b=2"], Some("s"), Some("a=1; b=2")),
+            (&["a=1", "s=x", "b=2"], Some("s"), Some("a=1; b=2")),
+            (
+                &["a=1; s=x", "b=2;", " c=3 "],
+                Some("s"),
+                Some("a=1; b=2; c=3"),
+            ),
+            (&["s=x", "s=y"], Some("s"), None),
+            (&["", "a=1", ";"], None, Some("a=1")),
+            (&["s=x", "b=2"], None, Some("s=x; b=2")),
+        ];
+        for (fields, strip, want) in cases {
+            let mut b = Request::get("/").version(Version::HTTP_2);
+            for f in *fields {
+                b = b.header("cookie", *f);
+            }
+            let mut p = parts(b.body(()).unwrap());
+            to_upstream(&mut p, "10.0.0.1".parse().unwrap(), true, *strip);
+            let all: Vec<_> = p.headers.get_all(COOKIE).iter().collect();
+            let want: Vec<_> = want.iter().collect();
+            assert_eq!(all, want, "{fields:?} strip {strip:?}");
+        }
+    }
+
+    #[test]
+    fn h2_authority_is_the_one_host() {
+        let mut p = parts(
+            Request::get("https://shop.example/")
+                .version(Version::HTTP_2)
+                .header("host", "evil.example")
+                .header("host", "other.example")
+                .body(())
+                .unwrap(),
+        );
+        to_upstream(&mut p, "::1".parse().unwrap(), true, None);
+        let hosts: Vec<_> = p.headers.get_all(HOST).iter().collect();
+        assert_eq!(hosts, vec!["shop.example"]);
+        assert_eq!(p.headers["x-forwarded-host"], "shop.example");
+
+        // Without :authority, the first `host` field, alone.
+        let mut p = parts(
+            Request::get("/")
+                .version(Version::HTTP_2)
+                .header("host", "a.example")
+                .header("host", "b.example")
+                .body(())
+                .unwrap(),
+        );
+        to_upstream(&mut p, "::1".parse().unwrap(), true, None);
+        let hosts: Vec<_> = p.headers.get_all(HOST).iter().collect();
+        assert_eq!(hosts, vec!["a.example"]);
     }
 
     #[test]

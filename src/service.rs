@@ -278,7 +278,12 @@ async fn proxy<'s>(
         b.requests.fetch_add(1, Ordering::Relaxed);
         let sent_at = Instant::now();
         match snap.upstreams[plan.backend]
-            .send(req, replay.as_ref(), &snap.upstream_timeouts)
+            .send(
+                req,
+                replay.as_ref(),
+                watch.as_deref(),
+                &snap.upstream_timeouts,
+            )
             .await
         {
             Ok(ok) => {
@@ -292,21 +297,30 @@ async fn proxy<'s>(
                 let name = &*b.name;
                 match (watch.as_ref().map_or(0, |w| w.get()), &failure) {
                     // The client's body broke or stalled: its fault, not the backend's.
-                    (BODY_BROKEN, Failure::Broken(_)) => {
+                    (BODY_BROKEN, Failure::Broken(_) | Failure::Dropped(_)) => {
                         return Err((ProxyError::BadRequest("malformed request body"), Some(b)));
                     }
-                    (BODY_STALLED, Failure::Broken(_)) => {
+                    (BODY_STALLED, Failure::Broken(_) | Failure::Dropped(_)) => {
                         return Err((ProxyError::BodyTimeout, Some(b)));
                     }
                     _ => {}
                 }
                 b.failures.fetch_add(1, Ordering::Relaxed);
+                // A kept-alive connection the backend closed under a request
+                // says nothing about its health (its next connect will).
                 let unreachable = matches!(failure, Failure::Connect(_) | Failure::Broken(_));
                 if unreachable && b.passive_failure(snap.passive_threshold) {
                     tracing::warn!(
                         backend = name,
                         failures = snap.passive_threshold,
                         "backend is down (passive: requests failed in a row)"
+                    );
+                }
+                if matches!(failure, Failure::Dropped(_)) {
+                    tracing::warn!(
+                        backend = name,
+                        "backend closed an idle connection as a request was sent; \
+                         set timeouts.upstream_idle below its keep-alive timeout"
                     );
                 }
                 let (err, again) = match failure {
@@ -317,7 +331,7 @@ async fn proxy<'s>(
                         },
                         request,
                     ),
-                    Failure::Broken(source) => {
+                    Failure::Broken(source) | Failure::Dropped(source) => {
                         let again = replay.as_ref().map(Replay::build);
                         (
                             ProxyError::Upstream {
@@ -345,10 +359,11 @@ async fn proxy<'s>(
                 attempt += 1;
                 plan.backend = next;
                 if snap.sticky {
-                    if plan.state != SessionState::New {
+                    let (state, pin_lost) = plan.state.after_retry();
+                    if pin_lost {
                         shared.metrics.pin_lost(PinLost::BackendDown);
                     }
-                    plan.state = SessionState::Failover;
+                    plan.state = state;
                     headers::set_session_state(r.headers_mut(), plan.state);
                     repin_after_retry(shared, snap, &mut plan, now).await;
                 }

@@ -194,6 +194,7 @@ impl Snapshot {
             upstream_timeouts: upstream::Timeouts {
                 connect: config.timeouts.connect,
                 response: config.timeouts.response,
+                idle: config.timeouts.upstream_idle,
             },
             strip_cookie: s.strip_cookie && s.source == config::Source::Cookie,
             balance_factor: s.balance_factor,

@@ -6,11 +6,19 @@
 //! A pooled connection goes back to its pool when the response body has been
 //! read to its end (see [`Lease`]); a body dropped half-read takes its
 //! connection with it, since the stream position is lost.
+//!
+//! Backends close keep-alive connections that idle too long (gunicorn after
+//! 2 s). A request written just as the backend's FIN leaves crosses it on the
+//! wire; the backend most likely never read it, but nothing proves that, so a
+//! POST cannot be replayed. tether avoids the race rather than guess: a
+//! connection idle longer than `timeouts.upstream_idle` is never reused. One
+//! found closed before the request was written (hyper hands the request
+//! back) counts as never sent, and is replaced by a fresh connection.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -18,7 +26,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::{Body, OnEnd};
+use crate::body::{Body, BodyWatch, OnEnd};
 
 /// Idle connections kept per backend; more are closed when released.
 /// Enough for the concurrency one core can drive; backends cap it too.
@@ -29,7 +37,11 @@ const MAX_IDLE_PER_BACKEND: usize = 256;
 pub struct Timeouts {
     /// TCP connect to a backend.
     pub connect: Duration,
-    /// From sending the request until the response head arrives.
+    /// Longest a pooled connection may idle and still be reused.
+    pub idle: Duration,
+    /// How long a backend may keep tether waiting: for the response head
+    /// once the request (body included) has gone, or to take the next piece
+    /// of a request body. Time spent waiting for the client is not counted.
     pub response: Duration,
 }
 
@@ -40,6 +52,11 @@ pub enum Failure {
     Connect(io::Error),
     /// The exchange broke after the request may have been sent.
     Broken(hyper::Error),
+    /// A reused keep-alive connection closed or reset under a request before
+    /// any answer: the backend's idle close crossed it. The backend may have
+    /// read the request, so it is not replayed, but it is no sign of a
+    /// failing backend either.
+    Dropped(hyper::Error),
     /// No response head within `timeouts.response`.
     Timeout,
 }
@@ -85,7 +102,8 @@ impl Replay {
 #[derive(Debug)]
 pub struct Pool {
     addr: SocketAddr,
-    idle: Mutex<Vec<http1::SendRequest<Body>>>,
+    /// Idle connections, each with the moment it went idle, oldest first.
+    idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
 }
 
 /// Returns a connection to its pool once the response body is fully read.
@@ -115,9 +133,20 @@ impl Pool {
         self.addr
     }
 
-    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+    /// The most recently idled connection that is open and has idled less
+    /// than `max_idle`.
+    fn checkout(&self, max_idle: Duration) -> Option<http1::SendRequest<Body>> {
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(s) = idle.pop() {
+        while let Some((s, since)) = idle.pop() {
+            if now.saturating_duration_since(since) >= max_idle {
+                // Oldest first: every one below has idled longer still.
+                // Dropped outside the lock; each drop closes a connection.
+                let stale = std::mem::take(&mut *idle);
+                drop(idle);
+                drop((s, stale));
+                return None;
+            }
             if !s.is_closed() {
                 return Some(s);
             }
@@ -129,9 +158,10 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_PER_BACKEND {
-            idle.push(sender);
+            idle.push((sender, now));
         }
     }
 
@@ -160,6 +190,8 @@ impl Pool {
 
     /// Sends `req` on a pooled or new connection. On success the caller gets
     /// the response and a [`Lease`] to fire when the body ends (or drop).
+    /// `body` watches the request's body, if it has one: `t.response` then
+    /// counts only the backend's time (see [`BodyWatch::backend_stalled`]).
     ///
     /// # Errors
     /// [`Failure::Connect`] hands the request back (nothing was sent). A
@@ -171,12 +203,17 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<Body>,
         replay: Option<&Replay>,
+        body: Option<&BodyWatch>,
         t: &Timeouts,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         let mut fresh_only = false;
         // Each stale pooled connection is discarded; the loop ends on a fresh one.
         loop {
-            let pooled_sender = if fresh_only { None } else { self.checkout() };
+            let pooled_sender = if fresh_only {
+                None
+            } else {
+                self.checkout(t.idle)
+            };
             let (mut sender, pooled) = match pooled_sender {
                 Some(s) => (s, true),
                 None => match self.connect(t).await {
@@ -192,14 +229,27 @@ impl Pool {
             if pooled && sender.ready().await.is_err() {
                 continue;
             }
-            match tokio::time::timeout(t.response, sender.try_send_request(req)).await {
-                Err(_) => {
+            let exchange = sender.try_send_request(req);
+            let answer = match body {
+                None => tokio::time::timeout(t.response, exchange).await.ok(),
+                // The backend's clock stops while the client trickles its body.
+                Some(w) => {
+                    w.started();
+                    tokio::select! {
+                        biased;
+                        r = exchange => Some(r),
+                        () = w.backend_stalled(t.response) => None,
+                    }
+                }
+            };
+            match answer {
+                None => {
                     return Err(SendError {
                         failure: Failure::Timeout,
                         request: None,
                     })
                 }
-                Ok(Ok(resp)) => {
+                Some(Ok(resp)) => {
                     return Ok((
                         resp,
                         Lease {
@@ -208,7 +258,7 @@ impl Pool {
                         },
                     ))
                 }
-                Ok(Err(mut e)) => match e.take_message() {
+                Some(Err(mut e)) => match e.take_message() {
                     // Never serialized: the connection died under us. Safe to try again.
                     Some(r) if pooled => req = r,
                     Some(r) => {
@@ -223,14 +273,46 @@ impl Pool {
                             req = r.build();
                         }
                         _ => {
+                            let e = e.into_error();
+                            let failure = if pooled && closed_under_us(&e) {
+                                Failure::Dropped(e)
+                            } else {
+                                Failure::Broken(e)
+                            };
                             return Err(SendError {
-                                failure: Failure::Broken(e.into_error()),
+                                failure,
                                 request: None,
-                            })
+                            });
                         }
                     },
                 },
             }
         }
     }
+}
+
+/// Did the backend end the connection (EOF or reset) before any answer, as
+/// opposed to a fault of the exchange itself (a bad response, the client's
+/// body failing)?
+fn closed_under_us(e: &hyper::Error) -> bool {
+    // The client's body failing reaches here as a user error, whatever it wraps.
+    if e.is_user() {
+        return false;
+    }
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            );
+        }
+        source = s.source();
+    }
+    false
 }

@@ -380,6 +380,11 @@ impl Default for Health {
     }
 }
 
+/// Default `upstream_idle`: below the keep-alive timeouts of common app
+/// servers (gunicorn 2 s; uvicorn, Node.js and Apache 5 s), so tether lets a
+/// pooled connection go before the backend closes it under a request.
+const UPSTREAM_IDLE: Duration = Duration::from_millis(1500);
+
 /// `[timeouts]`.
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -388,6 +393,8 @@ pub struct Timeouts {
     pub connect: Spanned<Dur>,
     /// `response`.
     pub response: Spanned<Dur>,
+    /// `upstream_idle`.
+    pub upstream_idle: Spanned<Dur>,
     /// `client_header`.
     pub client_header: Spanned<Dur>,
     /// `client_body`.
@@ -403,6 +410,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: dur(2),
             response: dur(30),
+            upstream_idle: unspanned(Dur(UPSTREAM_IDLE)),
             client_header: dur(10),
             client_body: dur(60),
             keepalive: Dur(Duration::from_secs(60)),

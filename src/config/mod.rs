@@ -290,6 +290,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// A backend's response headers (> 0).
     pub response: Duration,
+    /// Longest a kept-alive backend connection waits in the pool for reuse (> 0).
+    pub upstream_idle: Duration,
     /// A client's request head (> 0).
     pub client_header: Duration,
     /// Longest pause between a client's body bytes (> 0).
@@ -469,6 +471,7 @@ impl Config {
             timeouts: file::Timeouts {
                 connect: dur(self.timeouts.connect),
                 response: dur(self.timeouts.response),
+                upstream_idle: dur(self.timeouts.upstream_idle),
                 client_header: dur(self.timeouts.client_header),
                 client_body: dur(self.timeouts.client_body),
                 keepalive: file::Dur(self.timeouts.keepalive),
@@ -1031,6 +1034,7 @@ impl Cx<'_> {
         Ok(Timeouts {
             connect: self.positive(&raw.connect, "connect")?,
             response: self.positive(&raw.response, "response")?,
+            upstream_idle: self.positive(&raw.upstream_idle, "upstream_idle")?,
             client_header: self.positive(&raw.client_header, "client_header")?,
             client_body: self.positive(&raw.client_body, "client_body")?,
             keepalive: raw.keepalive.0,
@@ -1251,6 +1255,7 @@ mod tests {
         let t = &c.timeouts;
         assert_eq!(t.connect, Duration::from_secs(2));
         assert_eq!(t.response, Duration::from_secs(30));
+        assert_eq!(t.upstream_idle, Duration::from_millis(1500));
         assert_eq!(t.client_header, Duration::from_secs(10));
         assert_eq!(t.client_body, Duration::from_secs(60));
         assert_eq!(t.keepalive, Duration::from_secs(60));
@@ -1956,6 +1961,12 @@ mod tests {
             err("[timeouts]\nresponse = \"0s\""),
             "tether.toml:2:12: response must be greater than 0, like \"2s\""
         );
+        assert_eq!(
+            err("[timeouts]\nupstream_idle = \"0s\""),
+            "tether.toml:2:17: upstream_idle must be greater than 0, like \"2s\""
+        );
+        let c = ok("[timeouts]\nupstream_idle = \"300ms\"");
+        assert_eq!(c.timeouts.upstream_idle, Duration::from_millis(300));
         let c = ok("[timeouts]\nkeepalive = \"0s\"\nshutdown_grace = \"0s\"");
         assert_eq!(c.timeouts.keepalive, Duration::ZERO);
     }

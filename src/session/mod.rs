@@ -49,6 +49,19 @@ impl SessionState {
             SessionState::Rotated => "rotated",
         }
     }
+
+    /// The state a sticky request carries once a retry has moved it to
+    /// another backend, and whether a pin was lost in the move. Only a live
+    /// session had a pin to lose (`failover`); a session minted for this very
+    /// request (`new`, or `expired` with a fresh id) only changed its first
+    /// placement and keeps its state.
+    pub fn after_retry(self) -> (SessionState, bool) {
+        match self {
+            SessionState::Continued | SessionState::Failover => (SessionState::Failover, true),
+            minted @ (SessionState::New | SessionState::Expired) => (minted, false),
+            SessionState::Rotated => (SessionState::Rotated, false),
+        }
+    }
 }
 
 /// Session timeouts in milliseconds.
@@ -222,6 +235,20 @@ mod tests {
         idle_ms: 300,
         absolute_ms: 1000,
     };
+
+    #[test]
+    fn a_retry_fails_over_only_a_live_sessions_pin() {
+        use SessionState::*;
+        for (before, after, pin_lost) in [
+            (New, New, false),
+            (Expired, Expired, false),
+            (Continued, Failover, true),
+            (Failover, Failover, true),
+            (Rotated, Rotated, false),
+        ] {
+            assert_eq!(before.after_retry(), (after, pin_lost), "{before:?}");
+        }
+    }
 
     fn claims(issued: u64, seen: u64) -> Claims {
         Claims {
