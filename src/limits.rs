@@ -78,12 +78,23 @@ impl std::fmt::Debug for Limits {
     }
 }
 
+/// The longest span a bucket's arithmetic may cover. governor keeps times
+/// as u64 nanoseconds (584 years) and multiplies the period by the burst
+/// unchecked, so a tiny rate or a huge burst from the config would panic (or
+/// wrap); a bucket that refills over more than a year never refills, as far
+/// as anyone can tell.
+const MAX_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn quota(rate: f64, burst: f64) -> Option<Quota> {
     if rate <= 0.0 || !rate.is_finite() {
         return None;
     }
-    let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
-    let burst = NonZeroU32::new(burst.max(1.0).min(u32::MAX as f64) as u32)?;
+    let period = Duration::try_from_secs_f64(1.0 / rate)
+        .unwrap_or(MAX_WINDOW)
+        .clamp(Duration::from_nanos(1), MAX_WINDOW);
+    let most = (MAX_WINDOW.as_nanos() / period.as_nanos()).max(1);
+    let burst = u128::from(burst.max(1.0).min(u32::MAX as f64) as u32).min(most);
+    let burst = NonZeroU32::new(u32::try_from(burst).unwrap_or(u32::MAX))?;
     Quota::with_period(period).map(|q| q.allow_burst(burst))
 }
 
@@ -190,6 +201,28 @@ mod tests {
         assert!(l.new_session(a).is_ok());
         assert!(l.new_session(a).is_err());
         assert!(l.new_session("192.0.2.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn any_rate_the_config_accepts_builds_a_limiter() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        // Rates the config check lets through (finite, >= 0), at the edges.
+        for (rate, burst) in [
+            (1e-300, 0.0),
+            (5e-11, 4e9),
+            (0.1, 1e9),
+            (f64::MIN_POSITIVE, f64::MAX),
+            (1e300, 1e300),
+            (f64::MAX, 0.0),
+        ] {
+            let l = Limits::new(rate, burst, rate);
+            assert!(l.active());
+            assert!(l.session(1).is_ok(), "{rate} {burst}: the first request");
+            assert!(l.new_session(ip).is_ok(), "{rate}: the first new session");
+        }
+        let slow = Limits::new(1e-300, 1.0, 1e-300);
+        assert!(slow.session(1).is_ok());
+        assert!(slow.session(1).is_err(), "one per forever");
     }
 
     #[test]

@@ -1386,6 +1386,21 @@ mod tests {
     }
 
     #[test]
+    fn durations_past_100_years_are_refused() {
+        // This one used to load, then panic at shutdown (the clock overflowed).
+        assert_eq!(
+            err("[timeouts]\nshutdown_grace = \"500000000000y\""),
+            "tether.toml:2:18: duration \"500000000000y\" is too long: at most 100 years (\"100y\") is accepted"
+        );
+        assert_eq!(
+            err("[health]\ninterval = \"101y\""),
+            "tether.toml:2:12: duration \"101y\" is too long: at most 100 years (\"100y\") is accepted"
+        );
+        let c = ok("[session]\nabsolute_timeout = \"36500days\"");
+        assert_eq!(c.session.absolute_timeout, file::MAX_DURATION);
+    }
+
+    #[test]
     fn durations_without_a_unit_are_refused() {
         assert_eq!(
             err("[health]\ninterval = \"5\""),
