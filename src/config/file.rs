@@ -319,7 +319,7 @@ impl Default for Session {
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
     /// `kind`.
-    pub kind: StoreKind,
+    pub kind: Spanned<StoreKind>,
     /// `url`.
     pub url: Spanned<String>,
     /// `max_sessions`.
@@ -335,7 +335,7 @@ pub struct Store {
 impl Default for Store {
     fn default() -> Self {
         Store {
-            kind: StoreKind::Memory,
+            kind: unspanned(StoreKind::Memory),
             url: unspanned("redis://127.0.0.1:6379/0".into()),
             max_sessions: unspanned(1_000_000),
             key_prefix: unspanned("tether:".into()),

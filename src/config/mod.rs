@@ -443,7 +443,7 @@ impl Config {
                 on_mismatch: s.on_mismatch,
             },
             store: file::Store {
-                kind: self.store.kind,
+                kind: u(self.store.kind),
                 url: u(self.store.url.clone()),
                 max_sessions: int(self.store.max_sessions),
                 key_prefix: u(self.store.key_prefix.clone()),
@@ -546,7 +546,7 @@ impl Cx<'_> {
         let tls = self.tls(raw.tls.as_ref(), &raw.listeners)?;
         let all_tls = listeners.iter().all(|l| l.tls);
         let session = self.session(raw.session, all_tls, env_secret)?;
-        let store = self.store(raw.store)?;
+        let store = self.store(raw.store, &session.secrets.origin)?;
         let backends = self.backends(&raw.backends)?;
         let health = self.health(raw.health)?;
         let timeouts = self.timeouts(raw.timeouts)?;
@@ -936,8 +936,9 @@ impl Cx<'_> {
         Ok(r)
     }
 
-    fn store(&self, raw: file::Store) -> Result<Store> {
-        if raw.kind == StoreKind::Redis {
+    fn store(&self, raw: file::Store, secret: &SecretOrigin) -> Result<Store> {
+        let kind = *raw.kind.get_ref();
+        if kind == StoreKind::Redis {
             let url = raw.url.get_ref();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(self.on(
@@ -951,6 +952,14 @@ impl Cx<'_> {
                 let why = shown.split("- ").next().unwrap_or(&shown);
                 return Err(self.on(&raw.url, format!("invalid redis url {url:?}: {why}")));
             }
+            // A secret made up at start would be this instance's alone: the
+            // others could not verify its cookies, and sessions would move.
+            if *secret == SecretOrigin::Generated {
+                return Err(self.on(
+                    &raw.kind,
+                    format!("[store] kind = \"redis\" needs a shared session secret: without one every instance makes up its own and none can read the others' cookies; set [session] secret_file (or secret, or the {SECRET_ENV} environment variable) to the same secret on every instance"),
+                ));
+            }
         }
         let prefix = raw.key_prefix.get_ref();
         if prefix.is_empty() || prefix.len() > 64 || prefix.bytes().any(|b| !b.is_ascii_graphic()) {
@@ -960,7 +969,7 @@ impl Cx<'_> {
             ));
         }
         Ok(Store {
-            kind: raw.kind,
+            kind,
             max_sessions: self.int_in(&raw.max_sessions, 1, i64::MAX, "max_sessions", "")?,
             connect_timeout: self.positive(&raw.connect_timeout, "connect_timeout")?,
             command_timeout: self.positive(&raw.command_timeout, "command_timeout")?,
@@ -1897,7 +1906,7 @@ mod tests {
             err("[store]\nkind = \"redis\"\nurl = \"http://127.0.0.1:6379\""),
             "tether.toml:3:7: invalid redis url \"http://127.0.0.1:6379\": expected redis:// or rediss://, like \"redis://127.0.0.1:6379/0\""
         );
-        let c = ok("[store]\nkind = \"redis\"\nurl = \"rediss://cache:6380/1\"");
+        let c = ok("[store]\nkind = \"redis\"\nurl = \"rediss://cache:6380/1\"\n[session]\nsecret = \"0123456789abcdef\"");
         assert_eq!(c.store.kind, StoreKind::Redis);
         assert_eq!(c.store.url, "rediss://cache:6380/1");
         // The URL only matters for the Redis store.
@@ -1914,7 +1923,7 @@ mod tests {
                 Duration::from_millis(250)
             )
         );
-        let c = ok("[store]\nkind = \"redis\"\nkey_prefix = \"app1/\"\nconnect_timeout = \"2s\"\ncommand_timeout = \"50ms\"");
+        let c = ok("[store]\nkind = \"redis\"\nkey_prefix = \"app1/\"\nconnect_timeout = \"2s\"\ncommand_timeout = \"50ms\"\n[session]\nsecret = \"0123456789abcdef\"");
         assert_eq!(
             (
                 c.store.key_prefix.as_str(),
@@ -1939,6 +1948,22 @@ mod tests {
             err("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379/db\""),
             "tether.toml:3:7: invalid redis url \"redis://127.0.0.1:6379/db\": Invalid database number"
         );
+    }
+
+    #[test]
+    fn a_redis_store_needs_a_shared_secret() {
+        let refused = "tether.toml:2:8: [store] kind = \"redis\" needs a shared session secret: without one every instance makes up its own and none can read the others' cookies; set [session] secret_file (or secret, or the TETHER_SECRET environment variable) to the same secret on every instance";
+        assert_eq!(err("[store]\nkind = \"redis\""), refused);
+        let from_env = from_str(
+            &format!("[store]\nkind = \"redis\"\n{BASE}"),
+            Path::new("tether.toml"),
+            Some("0123456789abcdef".into()),
+        )
+        .expect("TETHER_SECRET is shared by whoever sets it");
+        assert_eq!(from_env.session.secrets.origin, SecretOrigin::Env);
+        ok("[store]\nkind = \"redis\"\n[session]\nsecret = \"0123456789abcdef\"");
+        // The memory store has no one to share with.
+        ok("[store]\nkind = \"memory\"");
     }
 
     #[test]

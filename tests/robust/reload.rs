@@ -366,3 +366,89 @@ async fn a_reload_waiting_on_its_file_does_not_pause_traffic() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Runs `tether <args>` to completion within a few seconds; a process still
+/// running then (a `run` that started when it should have refused) fails.
+fn run_briefly(args: &[&str], config: &Path, env_secret: Option<&str>) -> (Option<i32>, String) {
+    let mut cmd = tether_bin();
+    cmd.args(args)
+        .arg(config)
+        .env_remove("TETHER_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(s) = env_secret {
+        cmd.env("TETHER_SECRET", s);
+    }
+    let mut child = Proc(cmd.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tether {args:?} kept running instead of refusing the config"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.code(), err)
+}
+
+/// SPEC 10 "`tether check`": a Redis store without a shared secret is
+/// refused by `check` and `run` alike (exit 2), with the location of the
+/// store kind and what to set; any of the three secret sources satisfies it.
+#[test]
+fn a_redis_store_needs_a_shared_secret() {
+    let dir = temp_dir("redis-secret");
+    let body = "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1/0\"\n\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
+    let bare = dir.join("tether.toml");
+    std::fs::write(&bare, body).unwrap();
+    for args in [["check", "-c"], ["run", "-c"]] {
+        let (code, err) = run_briefly(&args, &bare, None);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        let want = format!(
+            "{}:5:8: [store] kind = \"redis\" needs a shared session secret",
+            bare.display()
+        );
+        assert!(err.starts_with(&want), "{args:?}: got {err}\nwant {want}");
+        for name in ["secret_file", "secret", "TETHER_SECRET"] {
+            assert!(err.contains(name), "{args:?}: names {name}: {err}");
+        }
+        assert_eq!(err.trim_end().lines().count(), 1, "one message: {err}");
+    }
+
+    let (code, err) = run_briefly(&["check", "-c"], &bare, Some(SECRET));
+    assert_eq!(code, Some(0), "TETHER_SECRET is a shared secret: {err}");
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let with_file = dir.join("with-file.toml");
+    std::fs::write(
+        &with_file,
+        body.replace(
+            "[store]",
+            &format!(
+                "[session]\nsecret_file = \"{}\"\n\n[store]",
+                secret_file.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let (code, err) = run_briefly(&["check", "-c"], &with_file, None);
+    assert_eq!(code, Some(0), "secret_file: {err}");
+    let inline = dir.join("inline.toml");
+    std::fs::write(
+        &inline,
+        body.replace(
+            "[store]",
+            &format!("[session]\nsecret = \"{SECRET}\"\n\n[store]"),
+        ),
+    )
+    .unwrap();
+    let (code, err) = run_briefly(&["check", "-c"], &inline, None);
+    assert_eq!(code, Some(0), "secret: {err}");
+}
