@@ -2,7 +2,7 @@
 //! limit, reloads off the request runtime, and a Redis store without a secret.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -451,4 +451,34 @@ fn a_redis_store_needs_a_shared_secret() {
     .unwrap();
     let (code, err) = run_briefly(&["check", "-c"], &inline, None);
     assert_eq!(code, Some(0), "secret: {err}");
+}
+
+// ---------------------------------------------------------------- new_session_rate
+
+/// A config listening on every address, IPv4 and IPv6 (`[::]:0`), with
+/// `new_session_rate = 1` (a burst of one new session per client).
+fn dual_stack(b: &Backend) -> String {
+    config("", &[b]).replace("127.0.0.1:0", "[::]:0") + "\n[limits]\nnew_session_rate = 1\n"
+}
+
+/// SPEC 10 "`new_session_rate`": on a dual-stack listener IPv4 clients arrive
+/// as IPv4-mapped IPv6 peers; each IPv4 address still has its own bucket
+/// (they must not share the bucket of one /64), and an IPv6 client has one.
+#[tokio::test]
+async fn new_session_rate_keeps_ipv4_clients_apart_on_a_dual_stack_listener() {
+    let b = Backend::start("app1").await;
+    let t = Tether::start(&dual_stack(&b)).await;
+    let port = t.addr().port();
+    let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+    for from in ["127.0.0.1", "127.0.0.2"] {
+        let ip: IpAddr = from.parse().unwrap();
+        let first = plain_get_from(ip, v4, "/", &[]).await;
+        assert_eq!(first.status, 200, "{from}: its first new session");
+        let second = plain_get_from(ip, v4, "/", &[]).await;
+        assert_eq!(second.status, 429, "{from}: over its own limit");
+    }
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    assert_eq!(plain_get(v6, "/", &[]).await.status, 200, "::1 has its own");
+    assert_eq!(plain_get(v6, "/", &[]).await.status, 429, "::1 is limited");
+    t.stop().await;
 }
