@@ -6,12 +6,16 @@
 //! draining, disabled). A draining backend that dies and recovers is draining
 //! again, not up. The request path only reads them; the two eligibility rules
 //! of SPEC section 3 live here and nowhere else.
+//!
+//! [`Names`] gives each backend name the small id the stores and metrics
+//! index by, and takes it back once nothing can mean the name by it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use crate::store::BackendId;
+use crate::store::{BackendId, MAX_BACKEND_IDS};
 
 /// A backend's status (SPEC section 6 `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +86,8 @@ pub struct Backend {
     pub requests: AtomicU64,
     /// Requests that failed at this backend (connect, timeout, broken response).
     pub failures: AtomicU64,
+    /// Keeps `id` meaning `name` for as long as this backend exists.
+    lease: Option<Arc<IdLease>>,
 }
 
 impl Backend {
@@ -98,7 +104,18 @@ impl Backend {
             failure_streak: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            lease: None,
         }
+    }
+
+    /// A backend in state `up` whose id is held by `lease`: the id is not
+    /// handed to another name while this backend (or any clone of the `Arc`
+    /// around it, in a snapshot, a request or a probe) is alive.
+    pub fn leased(lease: Arc<IdLease>, tag: u64, address: SocketAddr, weight: u32) -> Backend {
+        let mut b = Backend::new(&lease.name, lease.id, tag, address, weight);
+        b.name = lease.name.clone();
+        b.lease = Some(lease);
+        b
     }
 
     /// Current status: the operator's `disabled` wins, then observed health,
@@ -183,9 +200,191 @@ impl Backend {
     }
 }
 
+/// Every [`BackendId`] was in use: too many backend names are still
+/// referenced (by the running configuration, and by older ones that requests
+/// in flight still hold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("more than {MAX_BACKEND_IDS} backend names in use at once (the configuration and ones still held by requests in flight); try again when those requests have finished")]
+pub struct NamesExhausted;
+
+/// Interns backend names into small [`BackendId`]s.
+///
+/// A name keeps its id for as long as something holds its [`IdLease`]: each
+/// [`Backend`] built for it does, so a reload that keeps a name keeps its id
+/// (and its sessions). Once the last lease of a name is gone, no snapshot,
+/// request or probe can use that id any more; the id is *retired*. Stores and
+/// metrics may still hold records and counts under it, so a retired id is
+/// handed out again only after the caller has scrubbed those (see
+/// [`Names::take_retired`] and [`Names::release`]). Names may therefore come
+/// and go without limit while at most [`MAX_BACKEND_IDS`] are held at once.
+#[derive(Debug, Default, Clone)]
+pub struct Names(Arc<Mutex<Interned>>);
+
+#[derive(Debug, Default)]
+struct Interned {
+    by_name: HashMap<Arc<str>, Weak<IdLease>>,
+    /// Ids below this were handed out at least once.
+    fresh_from: usize,
+    /// Leases gone; records under these ids may remain.
+    retired: Vec<BackendId>,
+    /// Scrubbed and free to reuse, oldest first.
+    free: std::collections::VecDeque<BackendId>,
+}
+
+/// A name's hold on its id; see [`Names`].
+#[derive(Debug)]
+pub struct IdLease {
+    id: BackendId,
+    name: Arc<str>,
+    names: Weak<Mutex<Interned>>,
+}
+
+impl IdLease {
+    /// The id.
+    pub fn id(&self) -> BackendId {
+        self.id
+    }
+}
+
+impl Drop for IdLease {
+    fn drop(&mut self) {
+        let Some(names) = self.names.upgrade() else {
+            return;
+        };
+        let mut m = lock(&names);
+        // The entry may already belong to a newer lease of the same name
+        // (created after this one's last strong reference went away).
+        if m.by_name
+            .get(&self.name)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), self))
+        {
+            m.by_name.remove(&self.name);
+        }
+        m.retired.push(self.id);
+    }
+}
+
+/// Every update under the lock is a plain push or insert: a poisoned lock
+/// still guards consistent data.
+fn lock(m: &Mutex<Interned>) -> MutexGuard<'_, Interned> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Names {
+    /// The lease on `name`'s id: the one it holds now, or a new id.
+    ///
+    /// Ids never handed out come first, then scrubbed ones oldest first, so
+    /// an id is reused as late as possible.
+    ///
+    /// # Errors
+    /// [`NamesExhausted`] when all [`MAX_BACKEND_IDS`] ids are held or not
+    /// yet scrubbed.
+    pub fn lease(&self, name: &str) -> Result<Arc<IdLease>, NamesExhausted> {
+        let mut m = lock(&self.0);
+        if let Some(held) = m.by_name.get(name).and_then(Weak::upgrade) {
+            return Ok(held);
+        }
+        let id = if m.fresh_from < MAX_BACKEND_IDS {
+            m.fresh_from += 1;
+            BackendId((m.fresh_from - 1) as u16)
+        } else {
+            m.free.pop_front().ok_or(NamesExhausted)?
+        };
+        let name: Arc<str> = Arc::from(name);
+        let lease = Arc::new(IdLease {
+            id,
+            name: name.clone(),
+            names: Arc::downgrade(&self.0),
+        });
+        m.by_name.insert(name, Arc::downgrade(&lease));
+        Ok(lease)
+    }
+
+    /// Ids whose names nothing holds any more. The caller scrubs what the
+    /// stores and metrics keep under them, then gives them back with
+    /// [`Names::release`]; until then they are not reused.
+    pub fn take_retired(&self) -> Vec<BackendId> {
+        std::mem::take(&mut lock(&self.0).retired)
+    }
+
+    /// Makes scrubbed ids available to new names.
+    pub fn release(&self, ids: impl IntoIterator<Item = BackendId>) {
+        lock(&self.0).free.extend(ids);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_keep_their_id_while_leased_and_give_it_back_after_a_scrub() {
+        let names = Names::default();
+        let a = names.lease("a").unwrap();
+        let again = names.lease("a").unwrap();
+        assert!(Arc::ptr_eq(&a, &again), "one lease per name");
+        let b = names.lease("b").unwrap();
+        assert_ne!(a.id(), b.id());
+        let (a_id, b_id) = (a.id(), b.id());
+        drop((a, again));
+        assert_eq!(names.take_retired(), vec![a_id]);
+        assert!(names.take_retired().is_empty(), "taken once");
+        // A name that returns after its lease ended gets a new id; the old
+        // one is not reused before it was released.
+        let a2 = names.lease("a").unwrap();
+        assert_ne!(a2.id(), a_id);
+        assert_ne!(a2.id(), b_id);
+        names.release([a_id]);
+        drop(b);
+        assert_eq!(names.take_retired(), vec![b_id]);
+    }
+
+    #[test]
+    fn ids_are_reused_only_after_release_and_oldest_first() {
+        let names = Names::default();
+        let mut held: Vec<_> = (0..MAX_BACKEND_IDS)
+            .map(|i| names.lease(&format!("n{i}")).unwrap())
+            .collect();
+        assert_eq!(names.lease("one-too-many").unwrap_err(), NamesExhausted);
+        let first = held.remove(0);
+        let second = held.remove(0);
+        let (id0, id1) = (first.id(), second.id());
+        drop((second, first));
+        assert_eq!(
+            names.lease("x").unwrap_err(),
+            NamesExhausted,
+            "retired but not scrubbed: not reused"
+        );
+        let retired = names.take_retired();
+        assert_eq!(retired, vec![id1, id0]);
+        names.release(retired);
+        assert_eq!(names.lease("x").unwrap().id(), id1);
+        assert_eq!(names.lease("y").unwrap().id(), id0);
+    }
+
+    #[test]
+    fn a_lease_outliving_its_interner_drops_quietly() {
+        let names = Names::default();
+        let a = names.lease("a").unwrap();
+        drop(names);
+        drop(a);
+    }
+
+    #[test]
+    fn a_leased_backend_carries_its_name_and_id() {
+        let names = Names::default();
+        let lease = names.lease("app1").unwrap();
+        let b = Backend::leased(lease.clone(), 9, "127.0.0.1:1".parse().unwrap(), 2);
+        assert_eq!(
+            (&*b.name, b.id, b.tag, b.weight),
+            ("app1", lease.id(), 9, 2)
+        );
+        drop(lease);
+        assert!(names.take_retired().is_empty(), "the backend holds it");
+        let id = b.id;
+        drop(b);
+        assert_eq!(names.take_retired(), vec![id]);
+    }
 
     #[test]
     fn operator_switch_survives_health_flaps() {

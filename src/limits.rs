@@ -1,7 +1,8 @@
 //! Rate limits (`[limits]`): a token bucket per session (`session_rate`,
-//! `session_burst`) and one per client IP for minting sessions
-//! (`new_session_rate`). Over the limit: 429 with `Retry-After`, and the
-//! request never reaches a backend.
+//! `session_burst`) and one per client for minting sessions
+//! (`new_session_rate`; a client is an IPv4 address or an IPv6 /64, see
+//! [`client_key`]). Over the limit: 429 with `Retry-After`, and the request
+//! never reaches a backend.
 //!
 //! governor's keyed GCRA limiters are lock-free per key (a sharded map), so no
 //! request waits on another's lock. Their memory is bounded by [`Limits::reclaim`],
@@ -9,7 +10,7 @@
 //! and if an attacker still pushes a map past [`MAX_KEYS`] it is cleared,
 //! failing open for a moment rather than growing without bound.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -78,13 +79,40 @@ impl std::fmt::Debug for Limits {
     }
 }
 
+/// The longest span a bucket's arithmetic may cover. governor keeps times
+/// as u64 nanoseconds (584 years) and multiplies the period by the burst
+/// unchecked, so a tiny rate or a huge burst from the config would panic (or
+/// wrap); a bucket that refills over more than a year never refills, as far
+/// as anyone can tell.
+const MAX_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn quota(rate: f64, burst: f64) -> Option<Quota> {
     if rate <= 0.0 || !rate.is_finite() {
         return None;
     }
-    let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
-    let burst = NonZeroU32::new(burst.max(1.0).min(u32::MAX as f64) as u32)?;
+    let period = Duration::try_from_secs_f64(1.0 / rate)
+        .unwrap_or(MAX_WINDOW)
+        .clamp(Duration::from_nanos(1), MAX_WINDOW);
+    let most = (MAX_WINDOW.as_nanos() / period.as_nanos()).max(1);
+    let burst = u128::from(burst.max(1.0).min(u32::MAX as f64) as u32).min(most);
+    let burst = NonZeroU32::new(u32::try_from(burst).unwrap_or(u32::MAX))?;
     Quota::with_period(period).map(|q| q.allow_burst(burst))
+}
+
+/// The client a `new_session_rate` bucket belongs to: an IPv4 address as
+/// itself, an IPv6 address by its /64.
+///
+/// One IPv6 subscriber, host or container usually owns a whole /64 and picks
+/// addresses in it at will (RFC 4941 temporary addresses, or simply any), so
+/// a bucket per IPv6 address would let one client mint sessions without
+/// limit. An IPv4-mapped address (`::ffff:a.b.c.d`, what a dual-stack `[::]`
+/// listener reports for IPv4 peers) is its IPv4 address: by its /64, every
+/// IPv4 client would share one bucket.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
+    }
 }
 
 /// Seconds to put in `Retry-After` (at least 1: it is an integer header).
@@ -125,7 +153,8 @@ impl Limits {
         }
     }
 
-    /// Client `ip` wants a new session: Ok, or the seconds to wait.
+    /// Client `ip` wants a new session: Ok, or the seconds to wait. Clients
+    /// are keyed by [`client_key`].
     ///
     /// # Errors
     /// Over `new_session_rate`: the `Retry-After` seconds.
@@ -133,7 +162,7 @@ impl Limits {
     pub fn new_session(&self, ip: IpAddr) -> Result<(), u64> {
         match &self.new_session {
             None => Ok(()),
-            Some(l) => l.check(&ip.to_canonical(), &self.clock),
+            Some(l) => l.check(&client_key(ip), &self.clock),
         }
     }
 
@@ -190,6 +219,66 @@ mod tests {
         assert!(l.new_session(a).is_ok());
         assert!(l.new_session(a).is_err());
         assert!(l.new_session("192.0.2.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn clients_are_ipv4_addresses_and_ipv6_64s() {
+        let cases = [
+            ("192.0.2.1", "192.0.2.1"),
+            ("::ffff:192.0.2.1", "192.0.2.1"),
+            ("::ffff:127.0.0.2", "127.0.0.2"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::"),
+            ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::"),
+            ("2001:db8:1:3::1", "2001:db8:1:3::"),
+            ("::1", "::"),
+            ("fe80::1", "fe80::"),
+            // Not mapped (the deprecated IPv4-compatible form): an IPv6 /64.
+            ("::c000:201", "::"),
+        ];
+        for (ip, key) in cases {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(client_key(ip), key.parse::<IpAddr>().unwrap(), "{ip}");
+        }
+    }
+
+    #[test]
+    fn new_sessions_of_one_ipv6_64_share_a_bucket() {
+        let l = Limits::new(0.0, 0.0, 1.0);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(l.new_session(ip("2001:db8:1:2::1")).is_ok());
+        assert!(
+            l.new_session(ip("2001:db8:1:2:ffff::7")).is_err(),
+            "another address of the same /64 is the same client"
+        );
+        assert!(l.new_session(ip("2001:db8:1:3::1")).is_ok(), "the next /64");
+        assert!(l.new_session(ip("192.0.2.1")).is_ok());
+        assert!(
+            l.new_session(ip("::ffff:192.0.2.2")).is_ok(),
+            "an IPv4-mapped peer is its IPv4 address, not a /64"
+        );
+        assert!(l.new_session(ip("192.0.2.2")).is_err());
+    }
+
+    #[test]
+    fn any_rate_the_config_accepts_builds_a_limiter() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        // Rates the config check lets through (finite, >= 0), at the edges.
+        for (rate, burst) in [
+            (1e-300, 0.0),
+            (5e-11, 4e9),
+            (0.1, 1e9),
+            (f64::MIN_POSITIVE, f64::MAX),
+            (1e300, 1e300),
+            (f64::MAX, 0.0),
+        ] {
+            let l = Limits::new(rate, burst, rate);
+            assert!(l.active());
+            assert!(l.session(1).is_ok(), "{rate} {burst}: the first request");
+            assert!(l.new_session(ip).is_ok(), "{rate}: the first new session");
+        }
+        let slow = Limits::new(1e-300, 1.0, 1e-300);
+        assert!(slow.session(1).is_ok());
+        assert!(slow.session(1).is_err(), "one per forever");
     }
 
     #[test]

@@ -282,6 +282,20 @@ impl Metrics {
         self.backends[..MAX_BACKENDS].get(index)
     }
 
+    /// Zeroes a backend index's counters before it is given to another
+    /// backend name, so the new name's series start from nothing (a counter
+    /// under a new label set starting at zero is what Prometheus expects).
+    pub fn reset_backend(&self, index: usize) {
+        let Some(per) = self.backends[..MAX_BACKENDS].get(index) else {
+            return;
+        };
+        let zero = |a: &AtomicU64| a.store(0, Ordering::Relaxed);
+        per.requests.iter().for_each(zero);
+        per.health.iter().for_each(zero);
+        per.latency.slots.iter().for_each(zero);
+        zero(&per.latency.sum_nanos);
+    }
+
     fn no_backend(&self) -> &PerBackend {
         &self.backends[MAX_BACKENDS]
     }
@@ -821,6 +835,46 @@ mod tests {
     #[test]
     fn max_backends_matches_the_store() {
         assert_eq!(MAX_BACKENDS, crate::store::MAX_BACKEND_IDS);
+    }
+
+    #[test]
+    fn a_reset_backend_index_starts_from_zero() {
+        let m = Metrics::new();
+        m.request(Some(3), 200);
+        m.health_check(3, true);
+        m.upstream_latency(3, Duration::from_millis(2));
+        m.request(Some(4), 500);
+        m.reset_backend(3);
+        m.reset_backend(MAX_BACKENDS + 7);
+        assert_eq!((m.requests_of(3), m.requests_of(4)), (0, 1));
+        let text = m.render(
+            &[BackendView {
+                name: "fresh".into(),
+                address: "127.0.0.1:1".into(),
+                weight: 1,
+                state: "up",
+                sessions: 0,
+                index: 3,
+            }],
+            0,
+            0.0,
+        );
+        let counted = text.lines().filter(|l| {
+            l.contains("backend=\"fresh\"")
+                && [
+                    REQUESTS_TOTAL,
+                    HEALTH_CHECKS_TOTAL,
+                    UPSTREAM_RESPONSE_SECONDS,
+                ]
+                .iter()
+                .any(|m| l.starts_with(m))
+        });
+        let mut n = 0;
+        for line in counted {
+            n += 1;
+            assert!(line.ends_with(" 0"), "{line}");
+        }
+        assert!(n > 0, "{text}");
     }
 
     #[test]

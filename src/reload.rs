@@ -2,7 +2,14 @@
 //! on disk are picked up by themselves. Load → validate → build a new
 //! Snapshot (backend status carried over by name) → swap. An invalid file is
 //! refused with a logged error and the old config keeps serving.
+//!
+//! Reading files and resolving names block, so a reload runs on a thread of
+//! its own ([`Control::reload_in_background`]), never on a runtime thread that
+//! serves requests. Backend names may come and go without limit: the ids of
+//! names no snapshot holds any more are scrubbed from the store and metrics
+//! and then reused.
 
+use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -10,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::backends::NamesExhausted;
 use crate::config::{self, Config, ConfigError};
 use crate::health::{Checker, OnProbe};
 use crate::service::Shared;
@@ -29,6 +37,36 @@ pub enum ReloadError {
     /// The new certificate does not load.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The new backend names cannot all get an id now.
+    #[error(transparent)]
+    Names(#[from] NamesExhausted),
+    /// No thread could be started to run the reload.
+    #[error("cannot run the reload: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// Runs `work` on a thread of its own, with the runtime's handle entered
+/// (it may spawn tasks), and waits for it without occupying a runtime
+/// thread. Not `spawn_blocking`: a read that never returns (a FIFO nobody
+/// writes, a hung network mount) would keep the runtime from shutting down;
+/// this thread is simply left behind.
+///
+/// # Errors
+/// The thread cannot be started, or `work` panicked.
+pub async fn off_runtime<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("tether-{what}"))
+        .spawn(move || {
+            let _runtime = handle.enter();
+            let _ = tx.send(work());
+        })?;
+    rx.await
+        .map_err(|_| io::Error::other(format!("the {what} thread ended without an answer")))
 }
 
 /// Everything a reload touches.
@@ -45,6 +83,8 @@ pub struct Control {
     pub checker: Mutex<Checker>,
     /// Health probe hook (metrics).
     pub on_probe: OnProbe,
+    /// One reload at a time: each builds on the snapshot the last one left.
+    pub applying: Mutex<()>,
 }
 
 impl std::fmt::Debug for Control {
@@ -73,12 +113,42 @@ impl Control {
         self.apply(next)
     }
 
+    /// [`Control::reload_file`] on a thread of its own: reading the file and
+    /// resolving addresses never hold up the requests a runtime thread
+    /// serves (with `worker_threads = 1` there is only one).
+    ///
+    /// # Errors
+    /// As [`Control::reload_file`]; nothing changed.
+    pub async fn reload_in_background(self: Arc<Self>) -> Result<(), ReloadError> {
+        off_runtime("reload", move || self.reload_file())
+            .await
+            .map_err(ReloadError::Thread)?
+    }
+
+    /// Scrubs the ids of backend names nothing holds any more from the store
+    /// and the metrics, then lets new names have them.
+    fn scrub_retired_ids(&self) {
+        let retired = self.names.take_retired();
+        if retired.is_empty() {
+            return;
+        }
+        self.shared.store.forget_backends(&retired);
+        for id in &retired {
+            self.shared.metrics.reset_backend(usize::from(id.0));
+        }
+        tracing::debug!(ids = retired.len(), "backend ids of removed names freed");
+        self.names.release(retired);
+    }
+
     /// Applies a validated config: new snapshot, store timeouts, certificate,
     /// health probes. Settings that need a restart are reported and kept.
     ///
     /// # Errors
-    /// The certificate does not load; nothing changed.
+    /// The certificate does not load, or the new backend names cannot get
+    /// ids; nothing changed.
     pub fn apply(&self, mut next: Config) -> Result<(), ReloadError> {
+        let _one = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        self.scrub_retired_ids();
         let prev = self.shared.snapshot.load_full();
         let old = &prev.config;
         let mut fixed = Vec::new();
@@ -110,7 +180,7 @@ impl Control {
             &self.names,
             &secret,
             Some(&prev),
-        ));
+        )?);
         let cfg = snapshot.config.clone();
         self.shared.snapshot.store(snapshot.clone());
         self.shared
@@ -172,14 +242,17 @@ pub async fn watch_certificates(ctl: Arc<Control>) {
         if now == last {
             continue;
         }
-        let loaded = (|| {
-            let certs = CertificateDer::pem_file_iter(&cert)
+        let (c, k) = (cert.clone(), key.clone());
+        let loaded = off_runtime("certificates", move || {
+            let certs = CertificateDer::pem_file_iter(&c)
                 .map_err(|e| e.to_string())?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::from_pem_file(&k).map_err(|e| e.to_string())?;
             tls::certified_key(certs, key).map_err(|e| e.to_string())
-        })();
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
         match loaded {
             Ok(ck) => {
                 resolver.replace(ck);

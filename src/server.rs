@@ -48,6 +48,10 @@ pub enum StartError {
     /// Redis is not an error: tether starts degraded).
     #[error("redis store: {0}")]
     Store(#[source] redis::RedisError),
+    /// The backends could not all be given an id (a valid config never
+    /// reaches this at start).
+    #[error(transparent)]
+    Names(#[from] crate::backends::NamesExhausted),
 }
 
 /// A started tether.
@@ -112,7 +116,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
 
     let names = Names::default();
     let secret = effective_secret(&config);
-    let snapshot = Snapshot::build(config.clone(), &names, &secret, None);
+    let snapshot = Snapshot::build(config.clone(), &names, &secret, None)?;
     let s = &config.session;
     let metrics = Arc::new(Metrics::new());
     let store = match config.store.kind {
@@ -163,6 +167,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
         resolver: resolver.clone(),
         checker: std::sync::Mutex::new(Checker::default()),
         on_probe,
+        applying: Default::default(),
     });
     {
         let snap = shared.snapshot.load();
@@ -352,10 +357,17 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(()) = reload.recv() => match running.reload() {
-                Ok(()) => {}
-                Err(e) => tracing::error!(error = %e, "reload refused; still serving the previous configuration"),
-            },
+            Some(()) = reload.recv() => {
+                // Off the runtime: a slow file or resolver must not stall
+                // traffic. A SIGHUP meanwhile waits in the channel.
+                let applied = running.control().clone().reload_in_background();
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    r = applied => if let Err(e) = r {
+                        tracing::error!(error = %e, "reload refused; still serving the previous configuration");
+                    },
+                }
+            }
         }
     }
     running.shutdown().await;

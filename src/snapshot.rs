@@ -3,11 +3,12 @@
 //! one consistent world: backend table, ring, cookie codec, timeouts, limits.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::HeaderName;
 
-use crate::backends::Backend;
+pub use crate::backends::Names;
+use crate::backends::{Backend, NamesExhausted};
 use crate::balancer::Balancer;
 use crate::config::{self, Config};
 use crate::limits::Limits;
@@ -15,35 +16,8 @@ use crate::session::binding::Binder;
 use crate::session::cookie::{backend_tag, CookieAttrs, CookieCodec, SameSite};
 use crate::session::source::{AppKeyDigest, KeySource};
 use crate::session::Timeouts;
-use crate::store::{BackendId, MAX_BACKEND_IDS};
+use crate::store::BackendId;
 use crate::upstream;
-
-/// Interns backend names into stable [`BackendId`]s for the life of the
-/// process, so a reload that keeps a name keeps its id (and its sessions).
-#[derive(Debug, Default)]
-pub struct Names(Mutex<HashMap<String, BackendId>>);
-
-impl Names {
-    /// The id for `name`, assigning the next one if new.
-    ///
-    /// # Panics
-    /// After [`MAX_BACKEND_IDS`] distinct names in one process (config allows
-    /// at most 1024 per file; only thousands of reloads with new names reach it).
-    pub fn id(&self, name: &str) -> BackendId {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = m.get(name) {
-            return *id;
-        }
-        let next = m.len();
-        assert!(
-            next < MAX_BACKEND_IDS,
-            "more than {MAX_BACKEND_IDS} distinct backend names in one process"
-        );
-        let id = BackendId(next as u16);
-        m.insert(name.to_string(), id);
-        id
-    }
-}
 
 /// Everything per-request code reads from configuration.
 #[derive(Debug)]
@@ -99,36 +73,42 @@ impl Snapshot {
     /// config's, or the one generated at start when the config has none).
     /// Backends whose name and address survive from `previous` keep their
     /// status, counters and connection pool.
+    ///
+    /// # Errors
+    /// [`NamesExhausted`]: too many backend names are still in use to give
+    /// the new ones ids. Nothing was changed.
     pub fn build(
         config: Arc<Config>,
         names: &Names,
         secret: &[u8],
         previous: Option<&Snapshot>,
-    ) -> Snapshot {
+    ) -> Result<Snapshot, NamesExhausted> {
+        // By name, so a reload of a thousand backends is not a thousand scans.
+        let before: HashMap<&str, (&Arc<Backend>, &Arc<upstream::Pool>)> = previous
+            .map(|p| {
+                p.backends
+                    .iter()
+                    .zip(&p.upstreams)
+                    .map(|(b, u)| (&*b.name, (b, u)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut backends = Vec::with_capacity(config.backends.len());
         let mut upstreams = Vec::with_capacity(config.backends.len());
         for b in &config.backends {
-            let old = previous.and_then(|p| {
-                p.backends.iter().position(|o| {
-                    *o.name == *b.name && o.address == b.address && o.weight == b.weight
-                })
-            });
-            match (old, previous) {
-                (Some(i), Some(p)) => {
-                    backends.push(p.backends[i].clone());
-                    upstreams.push(p.upstreams[i].clone());
+            match before.get(b.name.as_str()) {
+                Some((o, u)) if o.address == b.address && o.weight == b.weight => {
+                    backends.push(Arc::clone(o));
+                    upstreams.push(Arc::clone(u));
                 }
-                _ => {
-                    let fresh = Backend::new(
-                        &b.name,
-                        names.id(&b.name),
+                old => {
+                    let fresh = Backend::leased(
+                        names.lease(&b.name)?,
                         backend_tag(&b.name),
                         b.address,
                         b.weight,
                     );
-                    if let Some(o) =
-                        previous.and_then(|p| p.backends.iter().find(|o| *o.name == *b.name))
-                    {
+                    if let Some((o, _)) = old {
                         fresh.inherit(o);
                     }
                     backends.push(Arc::new(fresh));
@@ -175,7 +155,7 @@ impl Snapshot {
             ),
             config::Source::Query => KeySource::Query(s.query_param.clone()),
         };
-        Snapshot {
+        Ok(Snapshot {
             balancer: Balancer::new(&backends),
             backends,
             upstreams,
@@ -210,7 +190,7 @@ impl Snapshot {
             )),
             client_body: config.timeouts.client_body,
             config,
-        }
+        })
     }
 
     /// The backend a cookie's tag names, if it is still configured.

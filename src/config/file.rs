@@ -25,6 +25,11 @@ pub(crate) fn unspanned<T>(value: T) -> Spanned<T> {
     Spanned::new(0..0, value)
 }
 
+/// The longest duration a config may give. Timers add durations to the
+/// clock, and a sum past what the clock can hold panics; a hundred years is
+/// "never" for every setting while far from that edge (2^63 seconds).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A duration written as a string with a unit (`"500ms"`, `"2s"`, `"30m"`, `"12h"`).
 ///
 /// A bare number is refused: `timeout = 5` could mean seconds or milliseconds.
@@ -43,9 +48,14 @@ impl<'de> Deserialize<'de> for Dur {
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
-                humantime::parse_duration(v)
-                    .map(Dur)
-                    .map_err(|_| E::custom(format!("invalid duration {v:?}: {DURATION_ADVICE}")))
+                let d = humantime::parse_duration(v)
+                    .map_err(|_| E::custom(format!("invalid duration {v:?}: {DURATION_ADVICE}")))?;
+                if d > MAX_DURATION {
+                    return Err(E::custom(format!(
+                        "duration {v:?} is too long: at most 100 years (\"100y\") is accepted"
+                    )));
+                }
+                Ok(Dur(d))
             }
 
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
@@ -309,7 +319,7 @@ impl Default for Session {
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
     /// `kind`.
-    pub kind: StoreKind,
+    pub kind: Spanned<StoreKind>,
     /// `url`.
     pub url: Spanned<String>,
     /// `max_sessions`.
@@ -325,7 +335,7 @@ pub struct Store {
 impl Default for Store {
     fn default() -> Self {
         Store {
-            kind: StoreKind::Memory,
+            kind: unspanned(StoreKind::Memory),
             url: unspanned("redis://127.0.0.1:6379/0".into()),
             max_sessions: unspanned(1_000_000),
             key_prefix: unspanned("tether:".into()),

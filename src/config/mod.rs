@@ -445,7 +445,7 @@ impl Config {
                 on_mismatch: s.on_mismatch,
             },
             store: file::Store {
-                kind: self.store.kind,
+                kind: u(self.store.kind),
                 url: u(self.store.url.clone()),
                 max_sessions: int(self.store.max_sessions),
                 key_prefix: u(self.store.key_prefix.clone()),
@@ -549,7 +549,7 @@ impl Cx<'_> {
         let tls = self.tls(raw.tls.as_ref(), &raw.listeners)?;
         let all_tls = listeners.iter().all(|l| l.tls);
         let session = self.session(raw.session, all_tls, env_secret)?;
-        let store = self.store(raw.store)?;
+        let store = self.store(raw.store, &session.secrets.origin)?;
         let backends = self.backends(&raw.backends)?;
         let health = self.health(raw.health)?;
         let timeouts = self.timeouts(raw.timeouts)?;
@@ -939,8 +939,9 @@ impl Cx<'_> {
         Ok(r)
     }
 
-    fn store(&self, raw: file::Store) -> Result<Store> {
-        if raw.kind == StoreKind::Redis {
+    fn store(&self, raw: file::Store, secret: &SecretOrigin) -> Result<Store> {
+        let kind = *raw.kind.get_ref();
+        if kind == StoreKind::Redis {
             let url = raw.url.get_ref();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(self.on(
@@ -954,6 +955,14 @@ impl Cx<'_> {
                 let why = shown.split("- ").next().unwrap_or(&shown);
                 return Err(self.on(&raw.url, format!("invalid redis url {url:?}: {why}")));
             }
+            // A secret made up at start would be this instance's alone: the
+            // others could not verify its cookies, and sessions would move.
+            if *secret == SecretOrigin::Generated {
+                return Err(self.on(
+                    &raw.kind,
+                    format!("[store] kind = \"redis\" needs a shared session secret: without one every instance makes up its own and none can read the others' cookies; set [session] secret_file (or secret, or the {SECRET_ENV} environment variable) to the same secret on every instance"),
+                ));
+            }
         }
         let prefix = raw.key_prefix.get_ref();
         if prefix.is_empty() || prefix.len() > 64 || prefix.bytes().any(|b| !b.is_ascii_graphic()) {
@@ -963,7 +972,7 @@ impl Cx<'_> {
             ));
         }
         Ok(Store {
-            kind: raw.kind,
+            kind,
             max_sessions: self.int_in(&raw.max_sessions, 1, i64::MAX, "max_sessions", "")?,
             connect_timeout: self.positive(&raw.connect_timeout, "connect_timeout")?,
             command_timeout: self.positive(&raw.command_timeout, "command_timeout")?,
@@ -1388,6 +1397,21 @@ mod tests {
             let c = ok(&format!("[timeouts]\nconnect = \"{text}\""));
             assert_eq!(c.timeouts.connect, expected, "{text}");
         }
+    }
+
+    #[test]
+    fn durations_past_100_years_are_refused() {
+        // This one used to load, then panic at shutdown (the clock overflowed).
+        assert_eq!(
+            err("[timeouts]\nshutdown_grace = \"500000000000y\""),
+            "tether.toml:2:18: duration \"500000000000y\" is too long: at most 100 years (\"100y\") is accepted"
+        );
+        assert_eq!(
+            err("[health]\ninterval = \"101y\""),
+            "tether.toml:2:12: duration \"101y\" is too long: at most 100 years (\"100y\") is accepted"
+        );
+        let c = ok("[session]\nabsolute_timeout = \"36500days\"");
+        assert_eq!(c.session.absolute_timeout, file::MAX_DURATION);
     }
 
     #[test]
@@ -1887,7 +1911,7 @@ mod tests {
             err("[store]\nkind = \"redis\"\nurl = \"http://127.0.0.1:6379\""),
             "tether.toml:3:7: invalid redis url \"http://127.0.0.1:6379\": expected redis:// or rediss://, like \"redis://127.0.0.1:6379/0\""
         );
-        let c = ok("[store]\nkind = \"redis\"\nurl = \"rediss://cache:6380/1\"");
+        let c = ok("[store]\nkind = \"redis\"\nurl = \"rediss://cache:6380/1\"\n[session]\nsecret = \"0123456789abcdef\"");
         assert_eq!(c.store.kind, StoreKind::Redis);
         assert_eq!(c.store.url, "rediss://cache:6380/1");
         // The URL only matters for the Redis store.
@@ -1904,7 +1928,7 @@ mod tests {
                 Duration::from_millis(250)
             )
         );
-        let c = ok("[store]\nkind = \"redis\"\nkey_prefix = \"app1/\"\nconnect_timeout = \"2s\"\ncommand_timeout = \"50ms\"");
+        let c = ok("[store]\nkind = \"redis\"\nkey_prefix = \"app1/\"\nconnect_timeout = \"2s\"\ncommand_timeout = \"50ms\"\n[session]\nsecret = \"0123456789abcdef\"");
         assert_eq!(
             (
                 c.store.key_prefix.as_str(),
@@ -1929,6 +1953,22 @@ mod tests {
             err("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379/db\""),
             "tether.toml:3:7: invalid redis url \"redis://127.0.0.1:6379/db\": Invalid database number"
         );
+    }
+
+    #[test]
+    fn a_redis_store_needs_a_shared_secret() {
+        let refused = "tether.toml:2:8: [store] kind = \"redis\" needs a shared session secret: without one every instance makes up its own and none can read the others' cookies; set [session] secret_file (or secret, or the TETHER_SECRET environment variable) to the same secret on every instance";
+        assert_eq!(err("[store]\nkind = \"redis\""), refused);
+        let from_env = from_str(
+            &format!("[store]\nkind = \"redis\"\n{BASE}"),
+            Path::new("tether.toml"),
+            Some("0123456789abcdef".into()),
+        )
+        .expect("TETHER_SECRET is shared by whoever sets it");
+        assert_eq!(from_env.session.secrets.origin, SecretOrigin::Env);
+        ok("[store]\nkind = \"redis\"\n[session]\nsecret = \"0123456789abcdef\"");
+        // The memory store has no one to share with.
+        ok("[store]\nkind = \"memory\"");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::memory::KeyHasher;
-use super::{BackendId, EndReason, Record, SessionKey};
+use super::{BackendId, EndReason, Record, SessionKey, MAX_BACKEND_IDS};
 
 /// Shards; as in the memory store, a power of two picked by the key's high bits.
 const SHARDS: usize = 64;
@@ -269,6 +269,29 @@ impl Cache {
         }
     }
 
+    /// Forgets the live sessions pinned to `ids` (backend ids about to be
+    /// given to other names), and refuses fills that started before now: a
+    /// read in flight may have judged its record by a name that is gone.
+    /// Tombstones stay.
+    pub fn forget_backends(&self, ids: &[BackendId]) {
+        let mut gone = vec![false; MAX_BACKEND_IDS];
+        for id in ids {
+            if let Some(g) = gone.get_mut(usize::from(id.0)) {
+                *g = true;
+            }
+        }
+        for i in 0..SHARDS {
+            let mut shard = self.lock(i);
+            shard.generation += 1;
+            let before = shard.map.len();
+            shard.map.retain(|_, e| {
+                e.ended.is_some() || !gone.get(usize::from(e.backend.0)).copied().unwrap_or(false)
+            });
+            self.len
+                .fetch_sub(before - shard.map.len(), Ordering::Relaxed);
+        }
+    }
+
     /// Forgets everything (after missing invalidations: a reconnect).
     pub fn clear(&self) {
         for i in 0..SHARDS {
@@ -320,6 +343,33 @@ mod tests {
             backend: BackendId(1),
             ended: None,
         }
+    }
+
+    #[test]
+    fn forgetting_backends_drops_their_sessions_and_stale_fills() {
+        let c = Cache::new(10);
+        let (a, b, t) = (SessionKey(1), SessionKey(2 << 64), SessionKey(3));
+        c.put(a, live(T0));
+        c.put(
+            b,
+            Entry {
+                backend: BackendId(2),
+                ..live(T0)
+            },
+        );
+        c.end(t, EndReason::Ended, T0, T);
+        let before = c.generation(a);
+        c.forget_backends(&[BackendId(1)]);
+        assert_eq!(c.lookup(a, T0 + 1, T), Hit::Miss);
+        assert!(matches!(c.lookup(b, T0 + 1, T), Hit::Live { .. }));
+        assert_eq!(c.lookup(t, T0 + 1, T), Hit::Over(EndReason::Ended));
+        assert_eq!(c.len(), 2);
+        c.fill(a, live(T0), before);
+        assert_eq!(
+            c.lookup(a, T0 + 1, T),
+            Hit::Miss,
+            "a fill from before is refused"
+        );
     }
 
     #[test]

@@ -421,6 +421,39 @@ impl MemoryStore {
             .store(millis(absolute), Ordering::Relaxed);
     }
 
+    /// Forgets every session pinned to one of `ids`, backend ids whose names
+    /// are gone and that are about to be given to other names: a record left
+    /// under a reused id would route an old name's session to the new name's
+    /// backend, and its count would start the new name above zero.
+    /// Tombstones stay (they name no backend that matters). Sweeps every
+    /// shard, one lock at a time; returns how many sessions it removed.
+    pub fn forget_backends(&self, ids: &[BackendId]) -> usize {
+        if ids.is_empty() {
+            return 0;
+        }
+        let mut gone = vec![false; MAX_BACKEND_IDS];
+        for id in ids {
+            if let Some(g) = gone.get_mut(usize::from(id.0)) {
+                *g = true;
+            }
+        }
+        let inner = &*self.inner;
+        let mut removed = 0;
+        for shard in inner.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.retain(|_, e| {
+                let keep = e.ended.is_some()
+                    || !gone.get(usize::from(e.backend.0)).copied().unwrap_or(false);
+                if !keep {
+                    inner.forget(e);
+                    removed += 1;
+                }
+                keep
+            });
+        }
+        removed
+    }
+
     /// Sweeps every shard once, one lock at a time, removing expired
     /// sessions and tombstones and fixing the counts. Returns how many
     /// entries it removed. The reaper calls this; tests and benches may too.
@@ -836,6 +869,29 @@ mod tests {
         // An expired session is not revived by a repin, and is uncounted.
         assert!(!s.repin(key(2), B, T0 + 300));
         assert_eq!((s.sessions_on(A), s.sessions_on(B), s.live()), (0, 1, 1));
+        assert_counts_exact(&s);
+    }
+
+    #[test]
+    fn forgetting_backends_removes_their_sessions_and_counts_only() {
+        let s = MemoryStore::new(100, Duration::from_secs(60), Duration::from_secs(3600));
+        for n in 0..9u64 {
+            let b = BackendId((n % 3) as u16);
+            assert_eq!(s.insert(key(n), rec(b, T0)), Insert::Done);
+        }
+        // A tombstone that once was a session of backend 1 stays: logout holds.
+        assert_eq!(s.end(key(1), EndReason::Ended, T0 + 1), Insert::Done);
+        assert_eq!(s.forget_backends(&[BackendId(1), BackendId(2)]), 5);
+        assert_eq!(
+            [0, 1, 2].map(|b| s.sessions_on(BackendId(b))),
+            [3, 0, 0],
+            "the forgotten ids count nothing"
+        );
+        assert_eq!((s.live(), s.len()), (3, 4));
+        assert_eq!(s.get_touch(key(2), T0 + 2), Found::Missing);
+        assert_eq!(s.get_touch(key(1), T0 + 2), Found::Over(EndReason::Ended));
+        assert!(matches!(s.get_touch(key(3), T0 + 2), Found::Live(_)));
+        assert_eq!(s.forget_backends(&[]), 0);
         assert_counts_exact(&s);
     }
 

@@ -35,8 +35,9 @@ impl fmt::Debug for SessionKey {
     }
 }
 
-/// Stable small id of a backend *name*. The caller interns names and never
-/// reuses an id, so a count indexed by it always belongs to one name.
+/// Stable small id of a backend *name*. The caller interns names and reuses
+/// an id only after [`Store::forget_backends`] scrubbed it, so a count indexed
+/// by it always belongs to one name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackendId(pub u16);
 
@@ -225,6 +226,21 @@ impl Store {
         match self {
             Store::Memory(_) => {}
             Store::Redis(r) => r.name_backends(names),
+        }
+    }
+}
+
+impl Store {
+    /// Forgets what the store keeps under backend ids whose names are gone
+    /// (sessions pinned to them, their counts), so the ids can be given to
+    /// other names: a record left under a reused id would send an old name's
+    /// session to the new name's backend.
+    pub fn forget_backends(&self, ids: &[BackendId]) {
+        match self {
+            Store::Memory(m) => {
+                m.forget_backends(ids);
+            }
+            Store::Redis(r) => r.forget_backends(ids),
         }
     }
 }

@@ -203,20 +203,26 @@ struct Names {
 
 /// One queued write. Those with an `ack` are awaited by the request that made
 /// them (bounded by `command_timeout`); the others are fire-and-forget.
+///
+/// A write carries its backend's *name*, looked up when it is queued: the
+/// request that queues it still holds its backend id, but by the time the
+/// writer sends it that id may have been forgotten and given to another
+/// name. `None`: the id named no backend this store knows; not written.
 enum Write {
     Touch {
         key: SessionKey,
-        backend: BackendId,
+        backend: Option<Arc<str>>,
         created_ms: u64,
         now_ms: u64,
     },
     Insert {
         key: SessionKey,
         record: Record,
+        backend: Option<Arc<str>>,
     },
     Repin {
         key: SessionKey,
-        backend: BackendId,
+        backend: Option<Arc<str>>,
         now_ms: u64,
         ack: oneshot::Sender<bool>,
     },
@@ -369,6 +375,36 @@ impl RedisStore {
         self.inner.names.store(Arc::new(next));
     }
 
+    /// Forgets backend ids whose names are gone, before they are given to
+    /// other names: their names (a session stored under an old name then
+    /// reads as an unknown backend, which its cookie routes), their counts,
+    /// and the sessions cached under them. Sessions in Redis are stored by
+    /// name and stay as they are.
+    pub fn forget_backends(&self, ids: &[BackendId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let old = self.inner.names.load();
+        let mut next = Names {
+            by_id: old.by_id.clone(),
+            by_name: old.by_name.clone(),
+        };
+        for id in ids {
+            if let Some(name) = next.by_id.remove(id) {
+                if next.by_name.get(&name) == Some(id) {
+                    next.by_name.remove(&name);
+                }
+            }
+            if let Some(c) = self.inner.counts.get(usize::from(id.0)) {
+                c.store(0, Ordering::Relaxed);
+            }
+        }
+        self.inner.names.store(Arc::new(next));
+        // After the names: a read that judged a record by an old name
+        // before this point is refused when it tries to fill the cache.
+        self.inner.cache.forget_backends(ids);
+    }
+
     /// See [`super::SessionStore::get_touch`]. Never waits longer than
     /// `command_timeout`. While Redis is down (or a read fails) the local
     /// view answers what it holds: a tombstone, or a live session as
@@ -385,7 +421,7 @@ impl RedisStore {
                     if sync {
                         inner.queue(Write::Touch {
                             key,
-                            backend: prev.backend,
+                            backend: inner.name_of(prev.backend),
                             created_ms: prev.created_ms,
                             now_ms,
                         });
@@ -421,7 +457,11 @@ impl RedisStore {
                 ended: None,
             },
         );
-        self.inner.queue(Write::Insert { key, record });
+        self.inner.queue(Write::Insert {
+            key,
+            record,
+            backend: self.inner.name_of(record.backend),
+        });
         Insert::Done
     }
 
@@ -430,6 +470,7 @@ impl RedisStore {
     /// when Redis did not take it.
     pub async fn repin(&self, key: SessionKey, backend: BackendId, now_ms: u64) -> bool {
         self.inner.cache.repin(key, backend, now_ms);
+        let backend = self.inner.name_of(backend);
         self.inner
             .acked(|ack| Write::Repin {
                 key,
@@ -494,6 +535,11 @@ impl RedisStore {
 }
 
 impl Inner {
+    /// The name a backend id stands for now.
+    fn name_of(&self, id: BackendId) -> Option<Arc<str>> {
+        self.names.load().by_id.get(&id).cloned()
+    }
+
     fn is_up(&self) -> bool {
         self.state.load(Ordering::Acquire) == UP
     }
@@ -715,8 +761,6 @@ impl Inner {
         acks: &mut Vec<oneshot::Sender<bool>>,
     ) -> redis::Pipeline {
         let t = self.times();
-        let names = self.names.load();
-        let name = |id: BackendId| names.by_id.get(&id).cloned();
         let mut pipe = redis::pipe();
         for w in batch.drain(..) {
             match w {
@@ -726,14 +770,18 @@ impl Inner {
                     created_ms,
                     now_ms,
                 } => {
-                    if let Some(b) = name(backend) {
+                    if let Some(b) = backend {
                         let created = created_ms.to_string();
                         pipe.add_command(self.eval("tch", key, now_ms, t, &[&b, &created]))
                             .ignore();
                     }
                 }
-                Write::Insert { key, record } => {
-                    if let Some(b) = name(record.backend) {
+                Write::Insert {
+                    key,
+                    record,
+                    backend,
+                } => {
+                    if let Some(b) = backend {
                         let created = record.created_ms.to_string();
                         let seen = record.seen_ms.to_string();
                         pipe.add_command(self.eval(
@@ -752,7 +800,7 @@ impl Inner {
                     now_ms,
                     ack,
                 } => {
-                    if let Some(b) = name(backend) {
+                    if let Some(b) = backend {
                         pipe.add_command(self.eval("rep", key, now_ms, t, &[&b]))
                             .ignore();
                         self.announce(&mut pipe, key);
@@ -866,6 +914,8 @@ impl Inner {
         )
         .await;
         match counted {
+            // Ids forgotten meanwhile may name other backends now.
+            Ok(Ok(_)) if !Arc::ptr_eq(&names, &self.names.load()) => {}
             Ok(Ok(v)) => {
                 let mut live = 0;
                 for ((id, _), n) in order.iter().zip(v) {
