@@ -32,6 +32,12 @@ pub const MIN_SECRET_BYTES: usize = 16;
 /// Most backends one config may name; the ring's size grows with it.
 pub const MAX_BACKENDS: usize = 1024;
 
+/// Largest sum of backend weights. The ring holds 160 points per unit of
+/// weight (16 bytes each) and is rebuilt on every reload, so this bounds it
+/// at 1.6M points, about 26 MB; 1,024 backends at weight 1,000 would ask for
+/// 2.6 GB.
+pub const MAX_TOTAL_WEIGHT: u64 = 10_000;
+
 /// A config file that cannot be used. Display is always one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -996,6 +1002,7 @@ impl Cx<'_> {
         }
         let mut names = HashSet::with_capacity(raw.len());
         let mut out = Vec::with_capacity(raw.len());
+        let mut total_weight = 0u64;
         for b in raw {
             let name = b.name.get_ref();
             let valid = (1..=64).contains(&name.len())
@@ -1014,10 +1021,22 @@ impl Cx<'_> {
                     format!("duplicate backend name {name:?}: names must be unique"),
                 ));
             }
+            let weight = self.int_in(&b.weight, 1, 1000, "weight", "")?;
+            total_weight += u64::from(weight);
+            if total_weight > MAX_TOTAL_WEIGHT {
+                // A default weight has no place in the file: point at the name.
+                let span = Some(b.weight.span())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| b.name.span());
+                return Err(self.at(
+                    span,
+                    format!("backend weights add up to more than {MAX_TOTAL_WEIGHT}: scale them down in proportion (only their ratios matter)"),
+                ));
+            }
             out.push(Backend {
                 name: name.clone(),
                 address: self.socket_addr("backend address", &b.address, "127.0.0.1:9001")?,
-                weight: self.int_in(&b.weight, 1, 1000, "weight", "")?,
+                weight,
             });
         }
         Ok(out)
@@ -1635,6 +1654,38 @@ mod tests {
         );
         let c = ok("[[backend]]\nname = \"app2\"\naddress = \"127.0.0.1:9002\"\nweight = 1000");
         assert_eq!(c.backends[0].weight, 1000);
+    }
+
+    #[test]
+    fn backend_weights_are_bounded_in_sum() {
+        let pool = |n: usize, weight: u32| {
+            (0..n)
+                .map(|i| {
+                    format!("[[backend]]\nname = \"w{i}\"\naddress = \"127.0.0.1:{}\"\nweight = {weight}\n", 10000 + i)
+                })
+                .collect::<String>()
+        };
+        // The base config's own backend(s) take part of the budget.
+        let base: u64 = ok("").backends.iter().map(|b| u64::from(b.weight)).sum();
+        let fits = (MAX_TOTAL_WEIGHT - base) as usize / 1000;
+        assert_eq!(
+            ok(&pool(fits, 1000)).backends.len(),
+            fits + ok("").backends.len()
+        );
+        // The snippet's own weights cross the bound at its last backend...
+        let e = err(&pool(fits + 2, 1000));
+        assert!(
+            e.contains("backend weights add up to more than 10000"),
+            "{e}"
+        );
+        let at = format!("tether.toml:{}:10: ", 4 * (fits + 2));
+        assert!(e.starts_with(&at), "{e}");
+        // ...and a backend with the default weight is named where it tips it.
+        let full = pool(fits, 1000)
+            + &pool(1, (MAX_TOTAL_WEIGHT - 1000 * fits as u64) as u32).replace("w0", "tail");
+        let e = err(&full);
+        let app1 = format!("tether.toml:{}:8: ", 4 * (fits + 1) + 6);
+        assert!(e.starts_with(&app1), "{e}");
     }
 
     #[test]
