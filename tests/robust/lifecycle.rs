@@ -358,6 +358,25 @@ async fn websockets_hold_their_slots_until_they_close() {
 }
 
 #[tokio::test]
+async fn an_idle_tunnel_is_closed_after_tunnel_and_a_busy_one_is_not() {
+    let a = Backend::start("app1").await;
+    let t = Tether::start(&plain(&a, "tunnel = \"500ms\"", "")).await;
+    let mut ws = websocket(t.addr()).await;
+    // Traffic every 200 ms for over twice the limit keeps it open.
+    let busy = Instant::now();
+    while busy.elapsed() < Duration::from_millis(1100) {
+        echo(&mut ws, b"ping").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    echo(&mut ws, b"ping").await;
+    let idle = closed_after(&mut ws, "an idle tunnel").await;
+    assert!(
+        idle >= Duration::from_millis(400) && idle < Duration::from_millis(1500),
+        "an idle tunnel closed after {idle:?} with tunnel = 500ms"
+    );
+}
+
+#[tokio::test]
 async fn max_connections_is_exact_with_two_listeners() {
     let a = Backend::start("app1").await;
     let two = "[[listener]]\nbind = \"127.0.0.1:0\"\ntls = false\n\n".to_string()
