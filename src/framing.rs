@@ -10,6 +10,11 @@
 //! those with 400. It gives up quietly (flags nothing more) on anything it
 //! does not model: an upgrade, HTTP/2, a head over its size cap, a malformed
 //! chunk (hyper rejects those itself).
+//!
+//! The same wrapper tells the connection's [`Activity`] what the lifecycle
+//! deadlines need (SPEC section 10): the first byte, and when a request head
+//! begins and ends. hyper's own head timer cannot tell an idle keep-alive
+//! connection from a head in progress.
 
 use std::io;
 use std::pin::Pin;
@@ -18,6 +23,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::lifecycle::Activity;
 
 /// Heads larger than this are not inspected (hyper refuses them anyway).
 const HEAD_CAP: usize = 64 * 1024;
@@ -163,6 +170,15 @@ impl Tracker {
         }
     }
 
+    /// A request head has begun and not ended. Stray CRLFs between
+    /// requests (tolerated by hyper) do not begin one.
+    pub fn mid_head(&self) -> bool {
+        match &self.state {
+            State::Head(head) => head.iter().any(|b| !matches!(b, b'\r' | b'\n')),
+            _ => false,
+        }
+    }
+
     fn after_head(&self, head: &[u8]) -> State {
         // hyper skips stray CRLFs before a request line (RFC 9112 section 2.2).
         let start = head
@@ -174,6 +190,10 @@ impl Tracker {
         if head[..first_end].trim_ascii().is_empty() {
             // Stray CRLF between requests: tolerated by hyper; nothing to frame.
             return State::Head(Vec::new());
+        }
+        if head.starts_with(b"PRI * HTTP/2.0") {
+            // The HTTP/2 preface (h2c with prior knowledge): frames follow.
+            return State::Done;
         }
         let (mut cl, mut te, mut upgrade) = (None, None, false);
         let mut line_start = first_end + 1;
@@ -239,18 +259,30 @@ fn find_head_end(seen: &[u8], buf: &[u8]) -> Option<usize> {
         .map(|nl| nl + 1)
 }
 
-/// A client stream that feeds what it reads to a [`Tracker`].
+/// A client stream that feeds what it reads to a [`Tracker`], and reports
+/// to the connection's [`Activity`].
 pub struct Sniffed<I> {
     inner: I,
     tracker: Option<Tracker>,
+    activity: Arc<Activity>,
+    heard: bool,
+    mid_head: bool,
 }
 
 impl<I> Sniffed<I> {
-    /// Wraps `inner`; `track = false` passes bytes through untouched (HTTP/2).
-    pub fn new(inner: I, verdicts: Arc<Verdicts>, track: bool) -> Sniffed<I> {
+    /// Wraps `inner`; `track = false` follows no heads (HTTP/2).
+    pub fn new(
+        inner: I,
+        verdicts: Arc<Verdicts>,
+        track: bool,
+        activity: Arc<Activity>,
+    ) -> Sniffed<I> {
         Sniffed {
             inner,
             tracker: track.then(|| Tracker::new(verdicts)),
+            activity,
+            heard: false,
+            mid_head: false,
         }
     }
 }
@@ -263,10 +295,30 @@ impl<I: AsyncRead + Unpin> AsyncRead for Sniffed<I> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(t)) = (&polled, self.tracker.as_mut()) {
-            t.feed(&buf.filled()[before..]);
+        let read = &buf.filled()[before..];
+        if !matches!(polled, Poll::Ready(Ok(()))) || read.is_empty() {
+            return polled;
+        }
+        let this = &mut *self;
+        if !this.heard {
+            this.heard = true;
+            this.activity.heard();
+        }
+        if let Some(t) = this.tracker.as_mut() {
+            t.feed(read);
+            // Heads usually arrive in one read: the clock is read only for
+            // one that spans reads.
+            let mid_head = t.mid_head();
             if matches!(t.state, State::Done) {
-                self.tracker = None;
+                this.tracker = None;
+            }
+            if mid_head != this.mid_head {
+                this.mid_head = mid_head;
+                if mid_head {
+                    this.activity.head_begun();
+                } else {
+                    this.activity.head_ended();
+                }
             }
         }
         polled
@@ -394,6 +446,34 @@ mod tests {
             );
         }
         assert!(flagged > 50, "the streams exercise the flagging: {flagged}");
+    }
+
+    #[test]
+    fn a_head_is_mid_way_from_its_first_byte_to_its_blank_line() {
+        let mut t = Tracker::new(Arc::new(Verdicts::default()));
+        assert!(!t.mid_head());
+        t.feed(b"\r\n");
+        assert!(!t.mid_head(), "a stray CRLF begins no head");
+        t.feed(b"G");
+        assert!(t.mid_head());
+        t.feed(b"ET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\na");
+        assert!(!t.mid_head(), "in the body");
+        t.feed(b"bGET / HTTP/1.1\r\n");
+        assert!(t.mid_head());
+        t.feed(b"\r\n");
+        assert!(!t.mid_head());
+    }
+
+    #[test]
+    fn the_http2_preface_ends_tracking_however_it_is_read() {
+        let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00";
+        for split in 1..preface.len() {
+            let mut t = Tracker::new(Arc::new(Verdicts::default()));
+            t.feed(&preface[..split]);
+            t.feed(&preface[split..]);
+            assert!(matches!(t.state, State::Done), "split {split}");
+            assert!(!t.mid_head());
+        }
     }
 
     #[test]

@@ -1,23 +1,31 @@
 //! The accept loop of one `[[listener]]`: connection cap, TCP_NODELAY, TLS
-//! handshake under a deadline, then hyper-util's auto builder (HTTP/1.1 and
-//! HTTP/2, upgrades, header deadline and size) with a graceful watcher.
-//! Accept errors are logged and retried; they never end the loop.
+//! handshake under a deadline, then hyper: HTTP/1.1 or HTTP/2 by ALPN on TLS,
+//! by the first bytes on plain TCP (h2c with prior knowledge), upgrades,
+//! header size, run under the lifecycle deadlines and graceful shutdown of
+//! `lifecycle.rs`. Accept errors are logged and retried; they never end the
+//! loop.
 
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use crate::framing::{Sniffed, Verdicts};
+use crate::lifecycle::{self, Activity, Counted, Drain, Ended, Limits};
+use crate::metrics::OpenConnection;
 use crate::service::{self, ConnInfo, Shared};
 
 /// hyper refuses read buffers under 8 KiB; smaller `max_header_bytes` are
@@ -36,23 +44,33 @@ pub struct Listener {
     pub permits: Arc<Semaphore>,
     /// Flips to true when tether stops accepting.
     pub stop: watch::Receiver<bool>,
-    /// Tracks connections for graceful shutdown.
-    pub graceful: Arc<GracefulShutdown>,
+    /// Asks open connections to finish at shutdown, and waits for them.
+    pub drain: Arc<Drain>,
+}
+
+/// Which HTTP a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Http {
+    /// Plain TCP: HTTP/1.x, or HTTP/2 if it opens with the preface.
+    Sniff,
+    /// TLS whose ALPN chose `http/1.1` (or nothing).
+    H1,
+    /// TLS whose ALPN chose `h2`.
+    H2,
 }
 
 impl Listener {
     /// Accepts until `stop` flips.
+    ///
+    /// A connection is accepted first and then waits for a slot, so the cap
+    /// counts only connections being served and is exact however many
+    /// listeners share it (a loop that held a slot while waiting in accept
+    /// took one from the others). Each loop holds at most one accepted
+    /// connection waiting for a slot; the rest wait in the kernel's backlog,
+    /// as they did before.
     pub async fn run(mut self) {
         let local = self.socket.local_addr().ok();
         loop {
-            let permit = tokio::select! {
-                biased;
-                _ = self.stop.changed() => break,
-                p = self.permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
             let (stream, peer) = tokio::select! {
                 biased;
                 _ = self.stop.changed() => break,
@@ -66,85 +84,212 @@ impl Listener {
                     }
                 },
             };
+            let permit = tokio::select! {
+                biased;
+                _ = self.stop.changed() => break,
+                p = self.permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let opened = Instant::now();
             let _ = stream.set_nodelay(true);
+            let stream = Slotted {
+                io: stream,
+                _slot: (permit, self.shared.metrics.open_connection()),
+            };
             let shared = self.shared.clone();
             let tls = self.tls.clone();
-            let watcher = self.graceful.watcher();
+            let drain = self.drain.watch();
             tokio::spawn(async move {
-                let _permit = permit;
                 let metrics = shared.metrics.clone();
-                metrics.connection_opened();
                 let snap = shared.snapshot.load();
-                // hyper starts its head timer as soon as it waits for a
-                // request, idle keep-alive time included: so the one timer
-                // enforces both limits, at the shorter of the two.
                 let t = &snap.config.timeouts;
-                let limits = (t.client_header.min(t.keepalive), snap.max_header_bytes);
-                drop(snap);
-                let info = ConnInfo {
-                    peer,
-                    tls: tls.is_some(),
+                let limits = Limits {
+                    client_header: t.client_header,
+                    keepalive: t.keepalive,
                 };
-                match tls {
-                    None => serve(stream, true, info, shared, limits, watcher).await,
-                    Some(acceptor) => {
-                        match tokio::time::timeout(limits.0, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => {
-                                metrics.tls_handshake(true);
-                                let h1 = s.get_ref().1.alpn_protocol() != Some(b"h2");
-                                serve(s, h1, info, shared, limits, watcher).await
-                            }
-                            Ok(Err(e)) => {
-                                metrics.tls_handshake(false);
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => {
-                                metrics.tls_handshake(false);
-                                tracing::debug!(%peer, "TLS handshake timed out")
-                            }
-                        }
+                let max_header_bytes = snap.max_header_bytes;
+                drop(snap);
+                let conn = Conn {
+                    info: ConnInfo {
+                        peer,
+                        tls: tls.is_some(),
+                    },
+                    shared,
+                    limits,
+                    max_header_bytes,
+                    activity: Arc::new(Activity::new(opened)),
+                    drain,
+                };
+                let Some(acceptor) = tls else {
+                    return conn.serve(stream, Http::Sniff).await;
+                };
+                // The handshake counts against the silent connection's
+                // client_header: it is time in which no request was sent.
+                let deadline = lifecycle::later(opened, limits.client_header);
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        metrics.tls_handshake(true);
+                        let http = match s.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Http::H2,
+                            _ => Http::H1,
+                        };
+                        conn.serve(s, http).await
+                    }
+                    Ok(Err(e)) => {
+                        metrics.tls_handshake(false);
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => {
+                        metrics.tls_handshake(false);
+                        tracing::debug!(%peer, "TLS handshake timed out")
                     }
                 }
-                metrics.connection_closed();
             });
         }
         tracing::debug!(listener = ?local, "stopped accepting");
     }
 }
 
-async fn serve<I>(
-    io: I,
-    h1: bool,
+/// A client socket with its `max_connections` slot and its count in
+/// `tether_open_connections`: both are given back when the socket closes,
+/// which for an upgraded (WebSocket) connection is when its tunnel ends,
+/// long after hyper's connection has handed the socket over.
+struct Slotted {
+    io: TcpStream,
+    _slot: (OwnedSemaphorePermit, OpenConnection),
+}
+
+impl AsyncRead for Slotted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, b)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// One accepted connection, ready to be served.
+struct Conn {
     info: ConnInfo,
     shared: Arc<Shared>,
-    (client_header, max_header_bytes): (Duration, usize),
-    watcher: Watcher,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(client_header)
-        .max_buf_size(max_header_bytes.max(MIN_READ_BUF));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(max_header_bytes as u32);
-    // Request heads are counted in the order hyper hands them over, which is
-    // the order the framing tracker saw them on the wire.
-    let verdicts = Arc::new(Verdicts::default());
-    let io = Sniffed::new(io, verdicts.clone(), h1);
-    let next = AtomicU64::new(0);
-    let svc = service_fn(move |req| {
-        let ambiguous = verdicts.ambiguous(next.fetch_add(1, Ordering::Relaxed));
-        service::handle(shared.clone(), info, ambiguous, req)
-    });
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(peer = %info.peer, error = %e, "connection closed with an error");
+    limits: Limits,
+    max_header_bytes: usize,
+    activity: Arc<Activity>,
+    drain: watch::Receiver<bool>,
+}
+
+impl Conn {
+    async fn serve<I>(self, io: I, http: Http)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            info,
+            shared,
+            limits,
+            max_header_bytes,
+            activity,
+            drain,
+        } = self;
+        // Request heads are counted in the order hyper hands them over, which
+        // is the order the framing tracker saw them on the wire.
+        let verdicts = Arc::new(Verdicts::default());
+        let io = TokioIo::new(Sniffed::new(
+            io,
+            verdicts.clone(),
+            http != Http::H2,
+            activity.clone(),
+        ));
+        let next = AtomicU64::new(0);
+        let counted = activity.clone();
+        let svc = service_fn(move |req| {
+            let ambiguous = verdicts.ambiguous(next.fetch_add(1, Ordering::Relaxed));
+            let open = counted.open();
+            let handled = service::handle(shared.clone(), info, ambiguous, req);
+            async move {
+                let resp = handled.await?;
+                Ok::<_, Infallible>(resp.map(|body| Counted::new(body, open)))
+            }
+        });
+        // hyper's own head timer runs from when it starts waiting for a
+        // head, idle keep-alive time included: it would end every idle
+        // connection at client_header. The lifecycle deadlines replace it.
+        let ended = match http {
+            Http::Sniff => {
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(None)
+                    .keep_alive(!limits.keepalive.is_zero())
+                    .max_buf_size(max_header_bytes.max(MIN_READ_BUF));
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(max_header_bytes as u32);
+                let conn = builder.serve_connection_with_upgrades(io, svc);
+                lifecycle::drive(conn, |c| c.graceful_shutdown(), &activity, limits, drain).await
+            }
+            Http::H1 => {
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(None)
+                    .keep_alive(!limits.keepalive.is_zero())
+                    .max_buf_size(max_header_bytes.max(MIN_READ_BUF));
+                let conn = builder.serve_connection(io, svc).with_upgrades();
+                lifecycle::drive(conn, |c| c.graceful_shutdown(), &activity, limits, drain)
+                    .await
+                    .map_err(Into::into)
+            }
+            Http::H2 => {
+                let mut builder = http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(max_header_bytes as u32);
+                let conn = builder.serve_connection(io, svc);
+                lifecycle::drive(conn, |c| c.graceful_shutdown(), &activity, limits, drain)
+                    .await
+                    .map_err(Into::into)
+            }
+        };
+        match ended {
+            Ok(Ended::Done) => {}
+            Ok(Ended::Expired(phase)) => {
+                tracing::debug!(peer = %info.peer, ?phase, "connection closed at its deadline")
+            }
+            Err(e) => {
+                tracing::debug!(peer = %info.peer, error = %e, "connection closed with an error")
+            }
+        }
     }
 }

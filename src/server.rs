@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use rand::TryRngCore;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -20,6 +19,7 @@ use crate::admin::{self, AdminState};
 use crate::clock::Clock;
 use crate::config::{Config, StoreKind};
 use crate::health::{Checker, OnProbe};
+use crate::lifecycle::Drain;
 use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::reload::{self, Control, ReloadError};
@@ -62,7 +62,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
-    graceful: Arc<GracefulShutdown>,
+    drain: Arc<Drain>,
 }
 
 impl std::fmt::Debug for Running {
@@ -180,7 +180,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
 
     let (stop, stop_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(config.limits.max_connections));
-    let graceful = Arc::new(GracefulShutdown::new());
+    let drain = Arc::new(Drain::default());
     let mut sockets = Vec::new();
     for l in &config.listeners {
         let socket = TcpListener::bind(l.bind)
@@ -206,7 +206,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
             shared: shared.clone(),
             permits: permits.clone(),
             stop: stop_rx.clone(),
-            graceful: graceful.clone(),
+            drain: drain.clone(),
         };
         listeners.push(tokio::spawn(l.run()));
     }
@@ -250,7 +250,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, S
         stop,
         listeners,
         background,
-        graceful,
+        drain,
     })
 }
 
@@ -318,17 +318,9 @@ impl Running {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Checker::default();
         tracing::info!(?grace, "draining connections");
-        // The listeners held the only other references; they have ended.
-        let graceful = match Arc::try_unwrap(self.graceful) {
-            Ok(g) => g,
-            Err(_) => {
-                tracing::error!("a listener outlived its accept loop; not waiting for connections");
-                return;
-            }
-        };
         let upgrades = self.control.shared.upgrades.clone();
         let drained = tokio::time::timeout_at(deadline, async {
-            graceful.shutdown().await;
+            self.drain.close().await;
             upgrades.idle().await;
         })
         .await;

@@ -388,6 +388,7 @@ async fn proxy<'s>(
                 client_upgrade,
                 upstream_upgrade,
                 shared.upgrades.enter(),
+                snap.config.timeouts.tunnel,
             ));
         }
         Body::empty()

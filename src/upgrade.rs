@@ -2,12 +2,20 @@
 //! backend answers 101, the client and backend streams are spliced byte for
 //! byte. They outlive their HTTP exchange, so they are tracked here for
 //! shutdown, which waits for them and closes what is left when
-//! `shutdown_grace` ends.
+//! `shutdown_grace` ends. One that moves no byte either way for
+//! `timeouts.tunnel` is closed. (Its `max_connections` slot rides with the
+//! client socket, so it is held until the splice ends; see `listener.rs`.)
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 /// Tracks upgraded connections so shutdown can wait for them, then close
 /// what is still open at the end of `shutdown_grace`.
@@ -69,21 +77,33 @@ impl Upgrades {
 }
 
 /// Copies bytes both ways between an upgraded client and backend until
-/// either side closes, or shutdown closes it.
+/// either side closes, no byte has moved either way for `idle`
+/// (`timeouts.tunnel`), or shutdown closes it.
 pub async fn splice(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     (_guard, mut close): (UpgradeGuard, watch::Receiver<bool>),
+    idle: Duration,
 ) {
     match tokio::try_join!(client, upstream) {
         Ok((c, u)) => {
-            let mut c = hyper_util::rt::TokioIo::new(c);
-            let mut u = hyper_util::rt::TokioIo::new(u);
+            let moved = Moved::new();
+            let mut c = Watched {
+                io: hyper_util::rt::TokioIo::new(c),
+                moved: &moved,
+            };
+            let mut u = Watched {
+                io: hyper_util::rt::TokioIo::new(u),
+                moved: &moved,
+            };
             tokio::select! {
                 r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "upgraded connection closed with an error");
                     }
+                }
+                () = moved.idle_for(idle) => {
+                    tracing::debug!(?idle, "upgraded connection closed: idle both ways");
                 }
                 _ = close.wait_for(|c| *c) => {
                     tracing::debug!("upgraded connection closed at the end of shutdown grace");
@@ -91,5 +111,92 @@ pub async fn splice(
             }
         }
         Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+    }
+}
+
+/// When a byte last moved through a tunnel, either way (milliseconds after
+/// `start`). Every byte written was first read from the other side, so
+/// reads alone tell.
+struct Moved {
+    start: Instant,
+    last: AtomicU64,
+}
+
+impl Moved {
+    fn new() -> Moved {
+        Moved {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self
+            .start
+            .elapsed()
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing has moved for `idle`. Sleeps to the deadline
+    /// of the last byte it knows of, then looks: traffic costs no wake-ups.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.last.load(Ordering::Relaxed);
+            let due = crate::lifecycle::later(self.start + Duration::from_millis(last), idle);
+            tokio::time::sleep_until(due).await;
+            if self.last.load(Ordering::Relaxed) == last {
+                return;
+            }
+        }
+    }
+}
+
+/// One side of a tunnel, noting in `moved` every read that brought bytes.
+struct Watched<'a, T> {
+    io: T,
+    moved: &'a Moved,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.moved.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, b)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }

@@ -411,6 +411,8 @@ pub struct Timeouts {
     pub client_body: Spanned<Dur>,
     /// `keepalive`.
     pub keepalive: Dur,
+    /// `tunnel`.
+    pub tunnel: Spanned<Dur>,
     /// `shutdown_grace`.
     pub shutdown_grace: Dur,
 }
@@ -424,6 +426,7 @@ impl Default for Timeouts {
             client_header: dur(10),
             client_body: dur(60),
             keepalive: Dur(Duration::from_secs(60)),
+            tunnel: dur(3600),
             shutdown_grace: Dur(Duration::from_secs(30)),
         }
     }

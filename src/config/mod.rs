@@ -302,8 +302,11 @@ pub struct Timeouts {
     pub client_header: Duration,
     /// Longest pause between a client's body bytes (> 0).
     pub client_body: Duration,
-    /// Idle client connection.
+    /// Idle client connection: HTTP/1.1 between requests, HTTP/2 with no
+    /// open stream.
     pub keepalive: Duration,
+    /// Idle upgraded (WebSocket) connection, no byte either way (> 0).
+    pub tunnel: Duration,
     /// In-flight requests get this long on SIGTERM.
     pub shutdown_grace: Duration,
 }
@@ -481,6 +484,7 @@ impl Config {
                 client_header: dur(self.timeouts.client_header),
                 client_body: dur(self.timeouts.client_body),
                 keepalive: file::Dur(self.timeouts.keepalive),
+                tunnel: dur(self.timeouts.tunnel),
                 shutdown_grace: file::Dur(self.timeouts.shutdown_grace),
             },
             limits: file::Limits {
@@ -1066,6 +1070,7 @@ impl Cx<'_> {
             client_header: self.positive(&raw.client_header, "client_header")?,
             client_body: self.positive(&raw.client_body, "client_body")?,
             keepalive: raw.keepalive.0,
+            tunnel: self.positive(&raw.tunnel, "tunnel")?,
             shutdown_grace: raw.shutdown_grace.0,
         })
     }
@@ -1287,6 +1292,7 @@ mod tests {
         assert_eq!(t.client_header, Duration::from_secs(10));
         assert_eq!(t.client_body, Duration::from_secs(60));
         assert_eq!(t.keepalive, Duration::from_secs(60));
+        assert_eq!(t.tunnel, Duration::from_secs(3600));
         assert_eq!(t.shutdown_grace, Duration::from_secs(30));
 
         assert_eq!(c.limits.max_connections, 10_000);
@@ -1318,7 +1324,7 @@ mod tests {
             query_param idle_timeout absolute_timeout secret_file previous_secret_files same_site \
             secure http_only path domain strip_cookie balance_factor bind_to on_mismatch kind url \
             max_sessions name address weight interval timeout rise fall connect response \
-            client_header client_body keepalive shutdown_grace max_connections max_header_bytes \
+            client_header client_body keepalive tunnel shutdown_grace max_connections max_header_bytes \
             session_rate session_burst new_session_rate worker_threads token_file format access";
         for key in KEYS.split_whitespace() {
             let set = format!("\n{key} = ");
@@ -2060,6 +2066,14 @@ mod tests {
         assert_eq!(c.timeouts.upstream_idle, Duration::from_millis(300));
         let c = ok("[timeouts]\nkeepalive = \"0s\"\nshutdown_grace = \"0s\"");
         assert_eq!(c.timeouts.keepalive, Duration::ZERO);
+        assert_eq!(
+            err("[timeouts]\ntunnel = \"0s\""),
+            "tether.toml:2:10: tunnel must be greater than 0, like \"2s\""
+        );
+        assert_eq!(
+            ok("[timeouts]\ntunnel = \"90s\"").timeouts.tunnel,
+            Duration::from_secs(90)
+        );
     }
 
     #[test]
@@ -2171,6 +2185,7 @@ mod tests {
             "max_sessions = 1000000",
             "bind = \"127.0.0.1:9901\"",
             "interval = \"2s\"",
+            "tunnel = \"1h\"",
             "access = true",
         ] {
             assert!(out.lines().any(|l| l == line), "{line} not in {out}");

@@ -1,0 +1,431 @@
+//! When a client connection must end for saying nothing (SPEC section 10):
+//! the deadline rule as a pure function ([`next`]), the activity record that
+//! the connection's stream wrapper (`framing::Sniffed`) and its service
+//! write ([`Activity`]), and the future that runs a hyper connection under
+//! those deadlines and under graceful shutdown ([`drive`], [`Drain`]).
+//! Deadlines inside a request (`client_body`, `response`) belong to the
+//! request path; idle upgraded connections to `upgrade.rs`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The two limits a client connection lives by (`[timeouts]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// No byte at all, or a request head begun and not ended, for this
+    /// long: closed.
+    pub client_header: Duration,
+    /// Nothing open (HTTP/1.1: between requests; HTTP/2: no stream) for
+    /// this long: asked to finish.
+    pub keepalive: Duration,
+}
+
+impl Limits {
+    /// The longest the watchdog sleeps without looking. Deadlines are checked
+    /// lazily: activity only moves them, and nothing wakes the watchdog when
+    /// it does. A phase that starts after a look has its deadline at least
+    /// this far after that look, so none is missed; a quiet connection costs
+    /// one timer wake per period, a busy one nothing per request.
+    fn recheck(&self) -> Duration {
+        if self.keepalive.is_zero() {
+            self.client_header
+        } else {
+            self.client_header.min(self.keepalive)
+        }
+    }
+}
+
+/// What a connection is doing, as far as its deadlines care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No byte yet since the connection was accepted.
+    Silent,
+    /// A request head has begun and not ended (HTTP/1.x).
+    Head,
+    /// At least one request is open: its response body has not ended.
+    Busy,
+    /// Bytes came, and nothing is open now.
+    Idle,
+}
+
+/// What the watchdog does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing is due: look again at this instant.
+    Wait(Instant),
+    /// Close the connection now: the client said nothing, or not a whole
+    /// head, in time; there is nobody to say goodbye to.
+    Close,
+    /// Ask the connection to finish: an idle HTTP/1.1 connection closes, an
+    /// HTTP/2 one sends GOAWAY.
+    Finish,
+}
+
+/// `t + d`, capped decades away: durations in the config have no upper
+/// bound, and adding an absurd one to an instant panics.
+pub fn later(t: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+    t.checked_add(d.min(FAR)).unwrap_or(t)
+}
+
+/// The deadline rule: given the phase, since when it holds, and now.
+pub fn next(phase: Phase, since: Instant, now: Instant, limits: Limits) -> Next {
+    let due = match phase {
+        Phase::Silent | Phase::Head => Some((later(since, limits.client_header), Next::Close)),
+        Phase::Idle => Some((later(since, limits.keepalive), Next::Finish)),
+        Phase::Busy => None,
+    };
+    let look = later(now, limits.recheck());
+    match due {
+        Some((at, what)) if at <= now => what,
+        Some((at, _)) => Next::Wait(at.min(look)),
+        None => Next::Wait(look),
+    }
+}
+
+/// Not set (an instant field of [`Activity`]).
+const NEVER: u64 = u64::MAX;
+
+/// What one client connection has been doing, written by its stream wrapper
+/// (bytes, heads) and its service (requests open), read by [`drive`].
+/// Instants are milliseconds after `opened`, in atomics: the writers run on
+/// the connection's task and on response-body tasks (HTTP/2).
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    /// When the head being read began, or [`NEVER`].
+    head: AtomicU64,
+    /// When the connection last went idle (its first byte, or the end of
+    /// its last open request), or [`NEVER`] while it is silent.
+    idle: AtomicU64,
+    /// Requests whose response body has not ended.
+    open: AtomicUsize,
+}
+
+impl Activity {
+    /// A connection accepted at `opened` that has said nothing yet.
+    pub fn new(opened: Instant) -> Activity {
+        Activity {
+            opened,
+            head: AtomicU64::new(NEVER),
+            idle: AtomicU64::new(NEVER),
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.opened)
+            .as_millis()
+            .try_into()
+            .unwrap_or(NEVER - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        later(self.opened, Duration::from_millis(ms))
+    }
+
+    /// The first byte arrived (called once).
+    pub fn heard(&self) {
+        self.idle.store(self.now(), Ordering::Release);
+    }
+
+    /// A request head began and did not end within the same read.
+    pub fn head_begun(&self) {
+        self.head.store(self.now(), Ordering::Release);
+    }
+
+    /// The head being read ended (or is no longer followed).
+    pub fn head_ended(&self) {
+        self.head.store(NEVER, Ordering::Release);
+    }
+
+    /// A request is open until the returned guard drops (with its response
+    /// body).
+    pub fn open(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Open(self.clone())
+    }
+
+    /// The phase now and since when it holds (`Busy` has no start).
+    pub fn phase(&self) -> (Phase, Instant) {
+        let idle = self.idle.load(Ordering::Acquire);
+        if idle == NEVER {
+            return (Phase::Silent, self.opened);
+        }
+        let head = self.head.load(Ordering::Acquire);
+        if head != NEVER {
+            return (Phase::Head, self.at(head));
+        }
+        if self.open.load(Ordering::Acquire) > 0 {
+            return (Phase::Busy, self.opened);
+        }
+        (Phase::Idle, self.at(self.idle.load(Ordering::Acquire)))
+    }
+}
+
+/// One open request of a connection (see [`Activity::open`]).
+#[derive(Debug)]
+pub struct Open(Arc<Activity>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        // The idle instant is written before the count falls, so a reader
+        // that sees nothing open also sees when that began.
+        self.0.idle.store(self.0.now(), Ordering::Release);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request open until hyper is done with it
+/// (HTTP/2: a stream is open until its response body ends).
+#[derive(Debug)]
+pub struct Counted<B> {
+    body: B,
+    _open: Open,
+}
+
+impl<B> Counted<B> {
+    /// `body`, holding `open` until it is dropped.
+    pub fn new(body: B, open: Open) -> Counted<B> {
+        Counted { body, _open: open }
+    }
+}
+
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// How a driven connection ended, when it did not end by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// hyper finished it (the client closed, an error, an upgrade, or a
+    /// graceful finish completed).
+    Done,
+    /// Closed by a deadline in this phase.
+    Expired(Phase),
+}
+
+/// Runs `conn` (a hyper server connection; `finish` is its
+/// `graceful_shutdown`) under `limits`, asks it to finish when `drain`
+/// flips, and closes it when a deadline passes. A connection asked to finish
+/// (by a deadline) that is still open `client_header` later is closed: an
+/// HTTP/2 client that never answers the GOAWAY's PING would otherwise keep
+/// it.
+///
+/// # Errors
+/// What `conn` ends with.
+pub async fn drive<C, E>(
+    conn: C,
+    mut finish: impl FnMut(Pin<&mut C>),
+    activity: &Activity,
+    limits: Limits,
+    mut drain: watch::Receiver<bool>,
+) -> Result<Ended, E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    let first = match next(Phase::Silent, activity.opened, Instant::now(), limits) {
+        Next::Wait(at) => at,
+        _ => Instant::now(),
+    };
+    let sleep = tokio::time::sleep_until(first);
+    tokio::pin!(sleep);
+    let mut finished = false;
+    let mut finishing_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            // The connection first: bytes that arrived with a deadline are
+            // read (and a request opened) before the deadline is judged.
+            biased;
+            r = conn.as_mut() => return r.map(|()| Ended::Done),
+            _ = drain.wait_for(|d| *d), if !finished => {
+                finish(conn.as_mut());
+                finished = true;
+            }
+            () = sleep.as_mut() => {
+                let now = Instant::now();
+                let (phase, since) = activity.phase();
+                if let Some(at) = finishing_since {
+                    if now >= later(at, limits.client_header) {
+                        return Ok(Ended::Expired(phase));
+                    }
+                }
+                let wake = match next(phase, since, now, limits) {
+                    Next::Wait(at) => at,
+                    Next::Close => return Ok(Ended::Expired(phase)),
+                    Next::Finish => {
+                        if !finished {
+                            finish(conn.as_mut());
+                            finished = true;
+                        }
+                        later(*finishing_since.get_or_insert(now), limits.client_header)
+                    }
+                };
+                let wake = match finishing_since {
+                    Some(at) => wake.min(later(at, limits.client_header)),
+                    None => wake,
+                };
+                sleep.as_mut().reset(wake);
+            }
+        }
+    }
+}
+
+/// Graceful shutdown of client connections: each driven connection holds a
+/// [`Drain::watch`]; [`Drain::close`] asks every one to finish, then waits
+/// until all have ended (their receivers dropped).
+#[derive(Debug)]
+pub struct Drain(watch::Sender<bool>);
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain(watch::channel(false).0)
+    }
+}
+
+impl Drain {
+    /// For one connection; already `true` once closing has begun.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+
+    /// Asks every connection to finish and waits until all have ended.
+    pub async fn close(&self) {
+        self.0.send_replace(true);
+        self.0.closed().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits {
+        client_header: Duration::from_secs(10),
+        keepalive: Duration::from_secs(75),
+    };
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn the_deadline_rule() {
+        let t0 = Instant::now();
+        let at = |n| t0 + s(n);
+        #[rustfmt::skip]
+        let table = [
+            // phase, since, now, limits -> next
+            (Phase::Silent, 0, 0, L, Next::Wait(at(10))),
+            (Phase::Silent, 0, 9, L, Next::Wait(at(10))),
+            (Phase::Silent, 0, 10, L, Next::Close),
+            (Phase::Head, 5, 14, L, Next::Wait(at(15))),
+            (Phase::Head, 5, 15, L, Next::Close),
+            // Idle: keepalive, looked at again every client_header meanwhile.
+            (Phase::Idle, 0, 0, L, Next::Wait(at(10))),
+            (Phase::Idle, 0, 70, L, Next::Wait(at(75))),
+            (Phase::Idle, 0, 75, L, Next::Finish),
+            (Phase::Idle, 0, 80, L, Next::Finish),
+            (Phase::Busy, 0, 500, L, Next::Wait(at(510))),
+            // keepalive shorter than client_header: looks every keepalive.
+            (Phase::Busy, 0, 0, Limits { client_header: s(10), keepalive: s(2) }, Next::Wait(at(2))),
+            (Phase::Silent, 0, 3, Limits { client_header: s(10), keepalive: s(2) }, Next::Wait(at(5))),
+            (Phase::Idle, 0, 2, Limits { client_header: s(10), keepalive: s(2) }, Next::Finish),
+            // keepalive 0: finish as soon as idle; look every client_header.
+            (Phase::Idle, 4, 4, Limits { client_header: s(10), keepalive: s(0) }, Next::Finish),
+            (Phase::Busy, 0, 4, Limits { client_header: s(10), keepalive: s(0) }, Next::Wait(at(14))),
+        ];
+        for (i, (phase, since, now, limits, want)) in table.into_iter().enumerate() {
+            assert_eq!(next(phase, at(since), at(now), limits), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn no_deadline_that_starts_after_a_look_is_missed() {
+        // Whatever phase begins at `later` (after the look at `now`), its
+        // deadline is no earlier than the next look.
+        let t0 = Instant::now();
+        for limits in [
+            L,
+            Limits {
+                client_header: s(10),
+                keepalive: s(2),
+            },
+        ] {
+            for now in 0..20 {
+                let Next::Wait(look) = next(Phase::Busy, t0, t0 + s(now), limits) else {
+                    panic!("busy never expires");
+                };
+                for later in now..now + 20 {
+                    for phase in [Phase::Head, Phase::Idle] {
+                        let since = t0 + s(later);
+                        let due = match phase {
+                            Phase::Head => since + limits.client_header,
+                            _ => since + limits.keepalive,
+                        };
+                        assert!(due >= look, "{phase:?} at {later} due before the look");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn absurd_limits_do_not_overflow() {
+        let huge = Limits {
+            client_header: Duration::MAX,
+            keepalive: Duration::MAX,
+        };
+        let t0 = Instant::now();
+        for phase in [Phase::Silent, Phase::Head, Phase::Busy, Phase::Idle] {
+            assert!(matches!(next(phase, t0, t0, huge), Next::Wait(at) if at > t0));
+        }
+    }
+
+    #[test]
+    fn activity_phases() {
+        let a = Arc::new(Activity::new(Instant::now()));
+        assert_eq!(a.phase().0, Phase::Silent);
+        a.heard();
+        assert_eq!(a.phase().0, Phase::Idle);
+        a.head_begun();
+        assert_eq!(a.phase().0, Phase::Head);
+        a.head_ended();
+        let one = a.open();
+        let two = a.open();
+        assert_eq!(a.phase().0, Phase::Busy);
+        // A pipelined head begun while a request is open is still a head.
+        a.head_begun();
+        assert_eq!(a.phase().0, Phase::Head);
+        a.head_ended();
+        drop(one);
+        assert_eq!(a.phase().0, Phase::Busy);
+        drop(two);
+        assert_eq!(a.phase().0, Phase::Idle);
+    }
+}
