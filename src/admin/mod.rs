@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::backends::{Admin as Switch, Backend};
 use crate::body::Body;
+use crate::keys;
 use crate::metrics::BackendView;
 use crate::service::Shared;
 use crate::store::SessionStore;
@@ -57,12 +58,7 @@ impl AdminState {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         let got = digest::digest(&digest::SHA256, given.trim().as_bytes());
-        let diff = want
-            .as_ref()
-            .iter()
-            .zip(got.as_ref())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        std::hint::black_box(diff) == 0
+        keys::ct_eq(want.as_ref(), got.as_ref())
     }
 }
 

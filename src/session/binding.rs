@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use aws_lc_rs::hmac;
 
 use crate::config::BindTo;
+use crate::keys;
 
 /// Computes binding digests under the secret.
 #[derive(Clone)]
@@ -51,10 +52,8 @@ impl Binder {
         if bind_to.is_empty() {
             return None;
         }
-        let derive = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        let sub = hmac::sign(&derive, b"tether client binding v1");
         Some(Binder {
-            key: hmac::Key::new(hmac::HMAC_SHA256, sub.as_ref()),
+            key: keys::derive(secret, keys::BINDING),
             ip: bind_to.contains(&BindTo::Ip),
             prefix: bind_to.contains(&BindTo::IpPrefix),
             user_agent: bind_to.contains(&BindTo::UserAgent),
@@ -151,5 +150,19 @@ mod tests {
             other.digest(ip("10.0.0.1"), Some(b"curl"))
         );
         assert!(Binder::new(b"0123456789abcdef", &[]).is_none());
+    }
+
+    /// A bound cookie from an earlier version must still match its client.
+    #[test]
+    fn the_binding_digest_is_frozen() {
+        let b = Binder::new(
+            b"0123456789abcdef",
+            &[BindTo::Ip, BindTo::IpPrefix, BindTo::UserAgent],
+        )
+        .unwrap();
+        assert_eq!(
+            b.digest(ip("192.0.2.7"), Some(b"curl/8")),
+            18_258_276_468_648_862_604
+        );
     }
 }

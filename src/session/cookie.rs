@@ -24,6 +24,8 @@
 use std::fmt;
 
 use aws_lc_rs::hmac;
+
+use crate::keys;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::HeaderValue;
@@ -40,10 +42,6 @@ const TAG_LEN: usize = 16;
 const RAW_LEN: usize = PAYLOAD_LEN + TAG_LEN;
 /// base64 without padding: 4 characters per 3 bytes, plus 3 for the final 2 bytes.
 const ENCODED_LEN: usize = RAW_LEN / 3 * 4 + [0, 2, 3][RAW_LEN % 3];
-
-/// Label for deriving the cookie MAC key from an operator's secret, so that another use of the
-/// same secret (the client-binding digest, say) can never produce a value this codec accepts.
-const KEY_LABEL: &[u8] = b"tether session cookie v1";
 
 /// 128-bit session id from the OS CSPRNG.
 ///
@@ -170,7 +168,7 @@ impl CookieCodec {
         }
         let genuine = std::iter::once(&self.current)
             .chain(&self.previous)
-            .any(|key| constant_time_eq(&hmac::sign(key, payload).as_ref()[..TAG_LEN], tag));
+            .any(|key| keys::ct_eq(&hmac::sign(key, payload).as_ref()[..TAG_LEN], tag));
         if !genuine {
             return None;
         }
@@ -192,22 +190,10 @@ impl fmt::Debug for CookieCodec {
     }
 }
 
-/// The MAC key for cookies: HMAC-SHA256(secret, label), so the raw secret keys nothing directly.
+/// The MAC key for cookies, under its own label so no other use of the secret can make a
+/// value this codec accepts.
 fn derive_key(secret: &[u8]) -> hmac::Key {
-    let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), KEY_LABEL);
-    hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
-}
-
-/// Compares two tags in time independent of where they differ, so response timing cannot guide
-/// a forger byte by byte: a fold over every byte (ring deprecated its `constant_time` module,
-/// and aws-lc-rs copies ring's API), with `black_box` keeping the optimiser from turning it back
-/// into an early exit.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+    keys::derive(secret, keys::COOKIE)
 }
 
 /// The cookie's `SameSite` attribute (SPEC §2 `same_site`).
@@ -780,5 +766,31 @@ mod tests {
         assert_eq!(stripped.as_bytes(), b"a=\xe9t\xe9");
         let headers = [header];
         assert_eq!(find_cookie(headers.iter(), "tether_sid"), Some("x"));
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    /// A cookie issued by any earlier tether under the same secret must
+    /// still verify, and one issued now must read the same: the encoding
+    /// and the key derivation are frozen.
+    #[test]
+    fn the_cookie_format_and_key_are_frozen() {
+        let codec = CookieCodec::new(b"0123456789abcdef0123456789abcdef", &[]);
+        let c = Claims {
+            id: SessionId([7; 16]),
+            backend: 0x1122_3344_5566_7788,
+            issued_ms: 1_700_000_000_000,
+            seen_ms: 1_700_000_001_000,
+            binding: 42,
+        };
+        let v = codec.encode(&c);
+        assert_eq!(
+            v,
+            "AQcHBwcHBwcHBwcHBwcHBweId2ZVRDMiEQBo5c-LAQAA6Gvlz4sBAAAqAAAAAAAAACLgGytXdZvvFNK6jiAzvHw"
+        );
+        assert_eq!(codec.decode(&v), Some(c));
     }
 }

@@ -10,6 +10,7 @@ use aws_lc_rs::hmac;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, Uri};
 
+use crate::keys;
 use crate::session::cookie::find_cookie;
 use crate::store::SessionKey;
 
@@ -83,10 +84,8 @@ impl std::fmt::Debug for AppKeyDigest {
 impl AppKeyDigest {
     /// Keyed by the session secret (domain-separated from cookie MACs).
     pub fn new(secret: &[u8]) -> AppKeyDigest {
-        let derive = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        let sub = hmac::sign(&derive, b"tether app-key digest v1");
         AppKeyDigest {
-            key: hmac::Key::new(hmac::HMAC_SHA256, sub.as_ref()),
+            key: keys::derive(secret, keys::APP_KEY),
         }
     }
 
@@ -154,5 +153,19 @@ mod tests {
         assert_eq!(a.digest("x"), a.digest("x"));
         assert_ne!(a.digest("x"), a.digest("y"));
         assert_ne!(a.digest("x"), b.digest("x"));
+    }
+
+    /// Store keys in a shared Redis must not change across versions: a
+    /// different digest would lose every app-key pin at an upgrade.
+    #[test]
+    fn the_app_key_digest_is_frozen() {
+        let (key, ring) = AppKeyDigest::new(b"0123456789abcdef").digest("JSESSIONID-value");
+        assert_eq!(
+            (key.0, ring),
+            (
+                204_571_687_232_974_044_085_649_208_844_658_418_479,
+                559_480_391_374_546_982
+            )
+        );
     }
 }

@@ -1,0 +1,66 @@
+//! Keys derived from the operator's secret, and the one constant-time
+//! comparison. Every use of the secret (cookie MACs, the client-binding
+//! digest, app-key digests) takes its own key from [`derive`] under its own
+//! label, so no value made for one use is ever accepted by another, and the
+//! raw secret keys nothing directly.
+//!
+//! The derivation is HMAC-SHA256(secret, label): a PRF keyed by a secret of
+//! at least 128 random bits, used once per label (the single-block case of
+//! NIST SP 800-108). HKDF would add an extract step, which matters only for
+//! secrets that are not uniformly random, and its expand step appends a
+//! counter byte, so every key would change: cookies issued before an upgrade
+//! would stop verifying, bound sessions would stop matching, and app-key
+//! pins in a shared Redis would be lost, logging every user out of their
+//! backend. The golden vectors below hold the derivation still.
+
+use aws_lc_rs::{constant_time, hmac};
+
+/// The cookie MAC key.
+pub const COOKIE: &[u8] = b"tether session cookie v1";
+/// The client-traits digest key (`bind_to`).
+pub const BINDING: &[u8] = b"tether client binding v1";
+/// The app-key digest key (`source = "app_cookie" | "header" | "query"`).
+pub const APP_KEY: &[u8] = b"tether app-key digest v1";
+
+/// The HMAC-SHA256 key for one use of `secret`, named by `label`.
+pub fn derive(secret: &[u8], label: &[u8]) -> hmac::Key {
+    let sub = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), label);
+    hmac::Key::new(hmac::HMAC_SHA256, sub.as_ref())
+}
+
+/// Whether `a` and `b` are equal, in time that depends only on their
+/// lengths, so response timing cannot guide a forger byte by byte.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn labels_give_distinct_keys() {
+        let s = b"0123456789abcdef0123456789abcdef";
+        let tags: Vec<String> = [COOKIE, BINDING, APP_KEY]
+            .iter()
+            .map(|l| hex(hmac::sign(&derive(s, l), b"x").as_ref()))
+            .collect();
+        assert_ne!(tags[0], tags[1]);
+        assert_ne!(tags[1], tags[2]);
+        assert_ne!(tags[0], tags[2]);
+    }
+
+    #[test]
+    fn ct_eq_compares_whole_slices() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(ct_eq(b"", b""));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"xbc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+        assert!(!ct_eq(b"abc", b""));
+    }
+}
