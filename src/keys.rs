@@ -14,6 +14,12 @@
 //! backend. The golden vectors below hold the derivation still.
 
 use aws_lc_rs::{constant_time, hmac};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::TryRngCore;
+
+/// Random bytes in a secret made by [`new_secret`]: 256 bits.
+pub const NEW_SECRET_BYTES: usize = 32;
 
 /// The cookie MAC key.
 pub const COOKIE: &[u8] = b"tether session cookie v1";
@@ -26,6 +32,18 @@ pub const APP_KEY: &[u8] = b"tether app-key digest v1";
 pub fn derive(secret: &[u8], label: &[u8]) -> hmac::Key {
     let sub = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), label);
     hmac::Key::new(hmac::HMAC_SHA256, sub.as_ref())
+}
+
+/// A fresh secret for `secret_file`: 256 bits from the OS CSPRNG, as
+/// URL-safe base64 (43 printable characters, no padding, nothing a shell or
+/// a TOML string needs to escape).
+///
+/// # Errors
+/// The OS random source failed.
+pub fn new_secret() -> Result<String, rand::rand_core::OsError> {
+    let mut b = [0u8; NEW_SECRET_BYTES];
+    rand::rngs::OsRng.try_fill_bytes(&mut b)?;
+    Ok(URL_SAFE_NO_PAD.encode(b))
 }
 
 /// Whether `a` and `b` are equal, in time that depends only on their
@@ -52,6 +70,18 @@ mod tests {
         assert_ne!(tags[0], tags[1]);
         assert_ne!(tags[1], tags[2]);
         assert_ne!(tags[0], tags[2]);
+    }
+
+    #[test]
+    fn new_secrets_are_256_printable_bits_and_differ() {
+        let a = new_secret().unwrap();
+        let b = new_secret().unwrap();
+        assert_eq!(a.len(), 43);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), NEW_SECRET_BYTES);
+        assert_ne!(a, b);
     }
 
     #[test]

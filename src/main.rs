@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// mimalloc instead of glibc malloc: the request path allocates per request
 /// (hyper's head maps, rustls buffers per connection), and glibc's malloc and
-/// free were about 7% of the proxy's CPU in the issue-6 profile.
+/// free were about 7% of the proxy's CPU in a load profile.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -34,11 +34,13 @@ enum Command {
     },
     /// Start three demo backends and a proxy on https://localhost:8443.
     Demo,
+    /// Print a new random secret (256 bits) for `[session] secret_file`.
+    Secret,
 }
 
 /// `worker_threads = 1` gets tokio's current-thread scheduler: with one
 /// worker there is nobody to steal work from, and the multi-thread
-/// scheduler's cross-thread wake-ups were 8.5% of a profile (issue 6).
+/// scheduler's cross-thread wake-ups were 8.5% of a load profile.
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut b = match workers {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -53,6 +55,16 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Secret => match tether::keys::new_secret() {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tether: the OS random number generator failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config } => match tether::config::load(&config) {
             Ok(c) => {
                 print!("{}", c.effective_toml());

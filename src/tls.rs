@@ -22,7 +22,7 @@ const SESSION_CACHE: usize = 16 * 1024;
 pub struct TlsError(String);
 
 /// aws-lc-rs (rustls's default provider; its x25519 took half of ring's time
-/// in a handshake-bound profile, issue 6) with its own suites, AES-128-GCM
+/// in a handshake-bound profile) with its own suites, AES-128-GCM
 /// first in each protocol version (the order of Mozilla's "intermediate"
 /// profile, and Go's). Both AES-GCM sizes are strong; the difference is the
 /// hash: a TLS 1.3 handshake runs a few dozen HMACs in its key schedule, and

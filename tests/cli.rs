@@ -21,6 +21,38 @@ fn write_config(name: &str, text: &str) -> std::path::PathBuf {
 }
 
 #[test]
+fn secret_prints_a_new_256_bit_secret_that_a_config_accepts() {
+    let run = || {
+        let out = tether().arg("secret").output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (a, b) = (run(), run());
+    let secret = a.trim_end();
+    assert!(
+        secret.len() >= 43,
+        "{secret:?}: at least 256 bits as base64"
+    );
+    assert!(secret.bytes().all(|c| c.is_ascii_graphic()), "{secret:?}");
+    assert_ne!(a, b, "each call makes a new secret");
+    let dir = write_config("secret", "");
+    let file = dir.with_file_name("secret");
+    std::fs::write(&file, &a).unwrap();
+    let p = write_config(
+        "secret",
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[session]\nsecret_file = \"secret\"\n\
+         [[backend]]\nname = \"app1\"\naddress = \"127.0.0.1:9001\"\n",
+    );
+    let out = tether().args(["check", "-c"]).arg(&p).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn check_accepts_the_example_and_prints_the_effective_config() {
     let out = tether()
         .args(["check", "-c"])
