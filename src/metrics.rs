@@ -1124,4 +1124,185 @@ mod tests {
         assert_contains_metric!(t, r#"tether_requests_total{backend="a",class="2xx"} 1"#);
         assert_contains_metric!(t, r#"tether_requests_total{backend="a",class="5xx"} 3"#);
     }
+
+    /// The whole text for a small fixed set of counters, byte for byte: names,
+    /// labels, HELP and TYPE text and the order of families and series are a
+    /// contract with dashboards and alerts, so any change to them shows here.
+    #[test]
+    fn renders_exactly_this_text() {
+        let m = Metrics::new();
+        m.request(Some(2), 200);
+        m.request(Some(2), 503);
+        m.request(None, 429);
+        m.request(Some(0), 302);
+        m.upstream_latency(2, Duration::from_millis(3));
+        m.upstream_latency(2, Duration::from_millis(700));
+        m.session(SessionEvent::New);
+        m.session(SessionEvent::Failover);
+        m.pin_lost(PinLost::Idle);
+        m.health_check(2, true);
+        m.health_check(2, false);
+        m.connection_opened();
+        m.tls_handshake(false);
+        m.binding_mismatch();
+        m.rate_limited(true);
+        m.store_full();
+        m.store_errors(2);
+        m.set_store_up(false);
+        let views = [
+            BackendView {
+                name: "app-1".into(),
+                address: "10.0.0.1:8080".into(),
+                weight: 3,
+                state: "draining",
+                sessions: 5,
+                index: 2,
+            },
+            BackendView {
+                name: "b".into(),
+                address: "[::1]:9000".into(),
+                weight: 1,
+                state: "up",
+                sessions: 0,
+                index: 0,
+            },
+        ];
+        let want = GOLDEN.replace("{version}", env!("CARGO_PKG_VERSION"));
+        let got = m.render(&views, 7, 1.5);
+        for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
+            assert_eq!(g, w, "line {}", i + 1);
+        }
+        assert_eq!(got, want);
+    }
+
+    const GOLDEN: &str = r#"# HELP tether_build_info Always 1; the version is a label.
+# TYPE tether_build_info gauge
+tether_build_info{version="{version}"} 1
+# HELP tether_uptime_seconds Seconds since tether started.
+# TYPE tether_uptime_seconds gauge
+tether_uptime_seconds 1.5
+# HELP tether_open_connections Client connections open now.
+# TYPE tether_open_connections gauge
+tether_open_connections 1
+# HELP tether_requests_total Responses sent to clients, by backend ("-": answered by tether) and status class.
+# TYPE tether_requests_total counter
+tether_requests_total{backend="app-1",class="1xx"} 0
+tether_requests_total{backend="app-1",class="2xx"} 1
+tether_requests_total{backend="app-1",class="3xx"} 0
+tether_requests_total{backend="app-1",class="4xx"} 0
+tether_requests_total{backend="app-1",class="5xx"} 1
+tether_requests_total{backend="b",class="1xx"} 0
+tether_requests_total{backend="b",class="2xx"} 0
+tether_requests_total{backend="b",class="3xx"} 1
+tether_requests_total{backend="b",class="4xx"} 0
+tether_requests_total{backend="b",class="5xx"} 0
+tether_requests_total{backend="-",class="1xx"} 0
+tether_requests_total{backend="-",class="2xx"} 0
+tether_requests_total{backend="-",class="3xx"} 0
+tether_requests_total{backend="-",class="4xx"} 1
+tether_requests_total{backend="-",class="5xx"} 0
+# HELP tether_upstream_response_seconds Time from sending a request to a backend to receiving its response head.
+# TYPE tether_upstream_response_seconds histogram
+tether_upstream_response_seconds_bucket{backend="app-1",le="0.001"} 0
+tether_upstream_response_seconds_bucket{backend="app-1",le="0.0025"} 0
+tether_upstream_response_seconds_bucket{backend="app-1",le="0.005"} 1
+tether_upstream_response_seconds_bucket{backend="app-1",le="0.01"} 1
+tether_upstream_response_seconds_bucket{backend="app-1",le="0.025"} 1
+tether_upstream_response_seconds_bucket{backend="app-1",le="0.05"} 1
+tether_upstream_response_seconds_bucket{backend="app-1",le="0.1"} 1
+tether_upstream_response_seconds_bucket{backend="app-1",le="0.25"} 1
+tether_upstream_response_seconds_bucket{backend="app-1",le="0.5"} 1
+tether_upstream_response_seconds_bucket{backend="app-1",le="1"} 2
+tether_upstream_response_seconds_bucket{backend="app-1",le="2.5"} 2
+tether_upstream_response_seconds_bucket{backend="app-1",le="5"} 2
+tether_upstream_response_seconds_bucket{backend="app-1",le="10"} 2
+tether_upstream_response_seconds_bucket{backend="app-1",le="+Inf"} 2
+tether_upstream_response_seconds_sum{backend="app-1"} 0.703
+tether_upstream_response_seconds_count{backend="app-1"} 2
+tether_upstream_response_seconds_bucket{backend="b",le="0.001"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="0.0025"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="0.005"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="0.01"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="0.025"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="0.05"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="0.1"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="0.25"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="0.5"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="1"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="2.5"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="5"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="10"} 0
+tether_upstream_response_seconds_bucket{backend="b",le="+Inf"} 0
+tether_upstream_response_seconds_sum{backend="b"} 0
+tether_upstream_response_seconds_count{backend="b"} 0
+# HELP tether_session_events_total Session decisions: new, continued, expired, failover, rotated.
+# TYPE tether_session_events_total counter
+tether_session_events_total{state="new"} 1
+tether_session_events_total{state="continued"} 0
+tether_session_events_total{state="expired"} 0
+tether_session_events_total{state="failover"} 1
+tether_session_events_total{state="rotated"} 0
+# HELP tether_session_pins_lost_total Sessions that lost their backend pin, by reason.
+# TYPE tether_session_pins_lost_total counter
+tether_session_pins_lost_total{reason="idle"} 1
+tether_session_pins_lost_total{reason="absolute"} 0
+tether_session_pins_lost_total{reason="ended"} 0
+tether_session_pins_lost_total{reason="regenerated"} 0
+tether_session_pins_lost_total{reason="backend_down"} 0
+tether_session_pins_lost_total{reason="backend_disabled"} 0
+tether_session_pins_lost_total{reason="backend_removed"} 0
+# HELP tether_sessions_live Live sessions in the store.
+# TYPE tether_sessions_live gauge
+tether_sessions_live 7
+# HELP tether_store_full_total New sessions not stored because the store held max_sessions.
+# TYPE tether_store_full_total counter
+tether_store_full_total 1
+# HELP tether_binding_mismatches_total Bound session cookies presented by a client whose traits differ.
+# TYPE tether_binding_mismatches_total counter
+tether_binding_mismatches_total 1
+# HELP tether_rate_limited_total Requests refused with 429, by limit.
+# TYPE tether_rate_limited_total counter
+tether_rate_limited_total{limit="session"} 0
+tether_rate_limited_total{limit="new_session"} 1
+# HELP tether_store_up 1 while the session store answers, 0 while it does not (Redis unreachable or slow).
+# TYPE tether_store_up gauge
+tether_store_up 0
+# HELP tether_store_errors_total Session store operations that failed, timed out, or were dropped while the store was down.
+# TYPE tether_store_errors_total counter
+tether_store_errors_total 2
+# HELP tether_backend_sessions Live sessions pinned to each backend.
+# TYPE tether_backend_sessions gauge
+tether_backend_sessions{backend="app-1"} 5
+tether_backend_sessions{backend="b"} 0
+# HELP tether_backend_state 1 for the backend's current state (up, down, draining, disabled), else 0.
+# TYPE tether_backend_state gauge
+tether_backend_state{backend="app-1",state="up"} 0
+tether_backend_state{backend="app-1",state="down"} 0
+tether_backend_state{backend="app-1",state="draining"} 1
+tether_backend_state{backend="app-1",state="disabled"} 0
+tether_backend_state{backend="b",state="up"} 1
+tether_backend_state{backend="b",state="down"} 0
+tether_backend_state{backend="b",state="draining"} 0
+tether_backend_state{backend="b",state="disabled"} 0
+# HELP tether_backend_weight Configured weight of each backend.
+# TYPE tether_backend_weight gauge
+tether_backend_weight{backend="app-1"} 3
+tether_backend_weight{backend="b"} 1
+# HELP tether_backend_info Always 1; the address is a label.
+# TYPE tether_backend_info gauge
+tether_backend_info{backend="app-1",address="10.0.0.1:8080"} 1
+tether_backend_info{backend="b",address="[::1]:9000"} 1
+# HELP tether_health_checks_total Active health probes, by backend and result.
+# TYPE tether_health_checks_total counter
+tether_health_checks_total{backend="app-1",result="ok"} 1
+tether_health_checks_total{backend="app-1",result="fail"} 1
+tether_health_checks_total{backend="b",result="ok"} 0
+tether_health_checks_total{backend="b",result="fail"} 0
+# HELP tether_tls_handshakes_total TLS handshakes attempted, successful or not.
+# TYPE tether_tls_handshakes_total counter
+tether_tls_handshakes_total 1
+# HELP tether_tls_handshake_failures_total TLS handshakes that failed or timed out.
+# TYPE tether_tls_handshake_failures_total counter
+tether_tls_handshake_failures_total 1
+"#;
 }
