@@ -333,3 +333,47 @@ async fn starts_without_redis_and_connects_when_it_appears() {
     }
     a.stop().await;
 }
+
+/// Store calls name the script by its digest (`EVALSHA`), and a Redis that
+/// has forgotten it (`SCRIPT FLUSH`, a restart between two pings) is given it
+/// again: no write is lost and the store never reads as down.
+#[tokio::test]
+async fn calls_are_evalsha_and_a_forgotten_script_is_loaded_again() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (b1, b2) = (Backend::start("app1").await, Backend::start("app2").await);
+    let (a, b) = pair(&redis, "", &[&b1, &b2]).await;
+    store_up(&a, true).await;
+    store_up(&b, true).await;
+    let (mut s, _) = begun(&a).await;
+    s.addr = b.addr();
+    assert_eq!(s.get("/").await.state(), "continued");
+    let old = s.cookie.clone().unwrap();
+
+    // A pipelined write (B ends it; B has it cached, so nothing is read first).
+    let flushed = redis.command(&["SCRIPT", "FLUSH"]).await.unwrap();
+    assert!(flushed.starts_with("+OK"), "{flushed}");
+    s.get("/control/end").await;
+    let r = plain_get(a.addr(), "/", &[("cookie", &format!("tether_sid={old}"))]).await;
+    assert_eq!(r.state(), "expired");
+
+    // A read (B has never seen this session).
+    redis.command(&["SCRIPT", "FLUSH"]).await.unwrap();
+    let (mut s, pinned) = begun(&a).await;
+    s.addr = b.addr();
+    let r = s.get("/").await;
+    assert_eq!((r.state(), r.backend()), ("continued".into(), pinned));
+
+    for t in [&a, &b] {
+        let errors = metric(t, "tether_store_errors_total ").await;
+        assert_eq!(errors.as_deref(), Some("tether_store_errors_total 0"));
+        let up = metric(t, "tether_store_up ").await;
+        assert_eq!(up.as_deref(), Some("tether_store_up 1"));
+    }
+    let stats = redis.command(&["INFO", "commandstats"]).await.unwrap();
+    assert!(stats.contains("cmdstat_evalsha:"), "{stats}");
+    assert!(!stats.contains("cmdstat_eval:"), "{stats}");
+    a.stop().await;
+    b.stop().await;
+}

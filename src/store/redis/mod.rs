@@ -7,8 +7,8 @@
 //!
 //! - **Reads** happen only when the local view has nothing usable: a key this
 //!   instance has not verified, or one that looks over here (another instance
-//!   may have kept it alive). One `EVAL` reads the record and, if it is live,
-//!   restarts its idle clock in the same step.
+//!   may have kept it alive). One script call (`EVALSHA`) reads the record
+//!   and, if it is live, restarts its idle clock in the same step.
 //! - **Activity** from requests answered locally is written behind, at most
 //!   once per `idle_timeout / 10` per session (the cookie's own refresh
 //!   granularity), by a background writer that pipelines everything queued.
@@ -39,86 +39,35 @@
 //! its per-backend set never disagree. The script builds the set's key from
 //! the record, which a Redis Cluster would refuse: tether supports a single
 //! Redis or Valkey primary (a managed primary endpoint works).
+//!
+//! This file holds the store's API and its up/down state, and judges what a
+//! read returned. The rest, one job each: `conn.rs` (connection, health pings,
+//! the invalidation subscriber), `writer.rs` (the write-behind queue and its
+//! pipelines), `counts.rs` (per-backend counts and upkeep), `codec.rs` (keys,
+//! values and messages on the wire), `script.rs` with `script.lua` (the Lua
+//! every operation runs).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{Client, RedisError};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::cache::{Cache, Entry, Hit, Times};
 use super::{BackendId, EndReason, Found, Insert, Record, SessionKey, MAX_BACKEND_IDS};
 use crate::metrics::Metrics;
+use codec::Keys;
+use writer::{Write, WRITE_QUEUE};
 
-/// One script for every operation, dispatched on `ARGV[1]`. Numbers are
-/// unix milliseconds; Lua's doubles hold them exactly (below 2^53), and
-/// `%.0f` prints them without an exponent.
-const SCRIPT: &str = r#"
-local op, now, idle, abs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local zp, member, key = ARGV[5], ARGV[6], KEYS[1]
-local function parse(v)
-  if not v then return nil end
-  local c, s, st, b = string.match(v, '^(%d+)|(%d+)|(%u)|(.*)$')
-  if not c then return nil end
-  return {c = tonumber(c), s = tonumber(s), st = st, b = b}
-end
-local function deadline(r) return math.min(r.s + idle, r.c + abs) end
-local function put(r)
-  local dl = deadline(r)
-  if dl <= now then redis.call('DEL', key) return end
-  redis.call('SET', key, string.format('%.0f|%.0f|%s|%s', r.c, r.s, r.st, r.b),
-    'PX', string.format('%.0f', dl - now))
-  if r.st == 'L' then redis.call('ZADD', zp .. r.b, string.format('%.0f', dl), member) end
-end
-local v = redis.call('GET', key)
-local r = parse(v)
-local expired = r and deadline(r) <= now
-if expired then
-  if r.st == 'L' then redis.call('ZREM', zp .. r.b, member) end
-  redis.call('DEL', key)
-end
-if op == 'get' then
-  if r and not expired and r.st == 'L' then r.s = math.max(r.s, now) put(r) end
-  return v
-end
-if expired then r = nil end
-if op == 'tch' then
-  if not r then
-    put({c = tonumber(ARGV[8]), s = now, st = 'L', b = ARGV[7]})
-  elseif r.st == 'L' then
-    r.s = math.max(r.s, now) put(r)
-  end
-  return 1
-elseif op == 'ins' then
-  if r and r.st == 'L' and r.b ~= ARGV[7] then redis.call('ZREM', zp .. r.b, member) end
-  put({c = tonumber(ARGV[8]), s = tonumber(ARGV[9]), st = 'L', b = ARGV[7]})
-  return 1
-elseif op == 'rep' then
-  if not r or r.st ~= 'L' then return 0 end
-  if r.b ~= ARGV[7] then redis.call('ZREM', zp .. r.b, member) end
-  r.b = ARGV[7] r.s = math.max(r.s, now) put(r)
-  return 1
-elseif op == 'end' then
-  if not r then put({c = now, s = now, st = ARGV[7], b = ''}) return 1 end
-  if r.st == 'L' then
-    redis.call('ZREM', zp .. r.b, member)
-    r.st = ARGV[7] r.s = math.max(r.s, now) put(r)
-  end
-  return 1
-end
-return redis.error_reply('tether: unknown store op')
-"#;
-
-/// Writes queued beyond this are dropped (and counted): a Redis that cannot
-/// keep up must not grow tether's memory without bound.
-const WRITE_QUEUE: usize = 16_384;
-/// Most writes sent in one pipeline.
-const BATCH: usize = 512;
+mod codec;
+mod conn;
+mod counts;
+mod script;
+mod writer;
 
 /// How to reach Redis and what to keep locally.
 #[derive(Debug, Clone)]
@@ -189,89 +138,14 @@ struct Inner {
     _stop: watch::Sender<()>,
 }
 
-struct Keys {
-    session: String,
-    backend: String,
-    channel: String,
-}
-
 #[derive(Default)]
 struct Names {
     by_id: HashMap<BackendId, Arc<str>>,
     by_name: HashMap<Arc<str>, BackendId>,
 }
 
-/// One queued write. Those with an `ack` are awaited by the request that made
-/// them (bounded by `command_timeout`); the others are fire-and-forget.
-///
-/// A write carries its backend's *name*, looked up when it is queued: the
-/// request that queues it still holds its backend id, but by the time the
-/// writer sends it that id may have been forgotten and given to another
-/// name. `None`: the id named no backend this store knows; not written.
-enum Write {
-    Touch {
-        key: SessionKey,
-        backend: Option<Arc<str>>,
-        created_ms: u64,
-        now_ms: u64,
-    },
-    Insert {
-        key: SessionKey,
-        record: Record,
-        backend: Option<Arc<str>>,
-    },
-    Repin {
-        key: SessionKey,
-        backend: Option<Arc<str>>,
-        now_ms: u64,
-        ack: oneshot::Sender<bool>,
-    },
-    End {
-        key: SessionKey,
-        reason: EndReason,
-        now_ms: u64,
-        ack: oneshot::Sender<bool>,
-    },
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A stored record, as the script writes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stored<'a> {
-    created_ms: u64,
-    seen_ms: u64,
-    /// `None` live, else the tombstone's reason.
-    ended: Option<EndReason>,
-    backend: &'a str,
-}
-
-fn parse(v: &str) -> Option<Stored<'_>> {
-    let mut it = v.splitn(4, '|');
-    let created_ms = it.next()?.parse().ok()?;
-    let seen_ms = it.next()?.parse().ok()?;
-    let ended = match it.next()? {
-        "L" => None,
-        "E" => Some(EndReason::Ended),
-        "R" => Some(EndReason::Regenerated),
-        _ => return None,
-    };
-    Some(Stored {
-        created_ms,
-        seen_ms,
-        ended,
-        backend: it.next()?,
-    })
-}
-
-fn reason_code(r: EndReason) -> &'static str {
-    match r {
-        EndReason::Regenerated => "R",
-        // Idle and absolute never reach a tombstone; treat them as ended.
-        _ => "E",
-    }
 }
 
 impl RedisStore {
@@ -296,7 +170,6 @@ impl RedisStore {
         let client = Client::open(settings.url.as_str())?;
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);
         let (stop, stop_rx) = watch::channel(());
-        let p = &settings.key_prefix;
         let resubscribe = Arc::new(Notify::new());
         metrics.set_store_up(false);
         let inner = Arc::new(Inner {
@@ -311,11 +184,7 @@ impl RedisStore {
             live: AtomicU64::new(0),
             idle_ms: AtomicU64::new(millis(settings.idle)),
             absolute_ms: AtomicU64::new(millis(settings.absolute)),
-            keys: Keys {
-                session: format!("{p}s:"),
-                backend: format!("{p}b:"),
-                channel: format!("{p}events"),
-            },
+            keys: Keys::new(&settings.key_prefix),
             instance: format!("{:016x}", rand::random::<u64>()),
             connect_timeout: settings.connect_timeout,
             command_timeout: settings.command_timeout,
@@ -330,16 +199,16 @@ impl RedisStore {
         let upkeep_every = (settings.idle.min(settings.absolute) / 4)
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let weak = Arc::downgrade(&inner);
-        tokio::spawn(writer(weak.clone(), rx));
-        tokio::spawn(health(weak.clone(), stop_rx.clone(), ping_every));
-        tokio::spawn(subscriber(
+        tokio::spawn(writer::writer(weak.clone(), rx));
+        tokio::spawn(conn::health(weak.clone(), stop_rx.clone(), ping_every));
+        tokio::spawn(conn::subscriber(
             weak.clone(),
             client,
             stop_rx.clone(),
             resubscribe,
             ping_every,
         ));
-        tokio::spawn(upkeep(weak, stop_rx, upkeep_every, now_ms));
+        tokio::spawn(counts::upkeep(weak, stop_rx, upkeep_every, now_ms));
 
         let ready = async {
             while !(inner.is_up() && inner.subscribed.load(Ordering::Acquire)) {
@@ -599,50 +468,11 @@ impl Inner {
         self.set_down(why);
     }
 
-    /// One command with the hard bound; `None` (counted, and the store marked
-    /// down) on an error or a timeout.
-    async fn call<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
-        let conn = self.conn.load_full()?;
-        let mut conn = ConnectionManager::clone(&conn);
-        match tokio::time::timeout(self.command_timeout, cmd.query_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                self.failed(1, &e.to_string());
-                None
-            }
-            Err(_) => {
-                self.failed(1, "command timed out");
-                None
-            }
-        }
-    }
-
-    fn session_key(&self, key: SessionKey) -> String {
-        format!("{}{:032x}", self.keys.session, key.0)
-    }
-
-    fn eval(&self, op: &str, key: SessionKey, now_ms: u64, t: Times, extra: &[&str]) -> redis::Cmd {
-        let mut c = redis::cmd("EVAL");
-        c.arg(SCRIPT)
-            .arg(1)
-            .arg(self.session_key(key))
-            .arg(op)
-            .arg(now_ms)
-            .arg(t.idle_ms)
-            .arg(t.absolute_ms)
-            .arg(&self.keys.backend)
-            .arg(format!("{:032x}", key.0));
-        for a in extra {
-            c.arg(*a);
-        }
-        c
-    }
-
     /// What a stored value means at `now`, and what to cache of it. The same
     /// rules as the script and the memory store: live while
     /// `now < min(seen + idle, created + absolute)`.
     fn judge(&self, value: Option<&str>, now_ms: u64, t: Times) -> (Found, Option<Entry>) {
-        let Some(s) = value.and_then(parse) else {
+        let Some(s) = value.and_then(codec::parse) else {
             return (Found::Missing, None);
         };
         let idle_end = s.seen_ms.saturating_add(t.idle_ms);
@@ -690,374 +520,6 @@ impl Inner {
                 (Found::Over(reason), Some(entry))
             }
             Some(_) => (Found::Missing, None),
-        }
-    }
-
-    /// Queues a write without waiting; dropped and counted while Redis is
-    /// down or the queue is full.
-    fn queue(&self, w: Write) -> bool {
-        if !self.is_up() {
-            self.metrics.store_errors(1);
-            return false;
-        }
-        match self.writes.try_send(w) {
-            Ok(()) => true,
-            Err(_) => {
-                self.metrics.store_errors(1);
-                false
-            }
-        }
-    }
-
-    /// Queues a write and waits (at most `command_timeout`) until Redis has
-    /// it. Returns whether it landed.
-    async fn acked(&self, make: impl FnOnce(oneshot::Sender<bool>) -> Write) -> bool {
-        let (tx, rx) = oneshot::channel();
-        if !self.queue(make(tx)) {
-            return false;
-        }
-        matches!(
-            tokio::time::timeout(self.command_timeout, rx).await,
-            Ok(Ok(true))
-        )
-    }
-
-    /// Sends one batch as one pipeline, then answers its acks.
-    async fn flush(&self, batch: &mut Vec<Write>) {
-        let n = batch.len() as u64;
-        let mut acks = Vec::new();
-        let ok = match self.conn.load_full() {
-            Some(conn) if self.is_up() => {
-                let pipe = self.pipeline(batch, &mut acks);
-                let mut conn = ConnectionManager::clone(&conn);
-                match tokio::time::timeout(self.command_timeout, pipe.query_async::<()>(&mut conn))
-                    .await
-                {
-                    Ok(Ok(())) => true,
-                    Ok(Err(e)) => {
-                        self.failed(n, &e.to_string());
-                        false
-                    }
-                    Err(_) => {
-                        self.failed(n, "pipelined write timed out");
-                        false
-                    }
-                }
-            }
-            _ => {
-                self.pipeline(batch, &mut acks);
-                self.metrics.store_errors(n);
-                false
-            }
-        };
-        for ack in acks {
-            let _ = ack.send(ok);
-        }
-    }
-
-    fn pipeline(
-        &self,
-        batch: &mut Vec<Write>,
-        acks: &mut Vec<oneshot::Sender<bool>>,
-    ) -> redis::Pipeline {
-        let t = self.times();
-        let mut pipe = redis::pipe();
-        for w in batch.drain(..) {
-            match w {
-                Write::Touch {
-                    key,
-                    backend,
-                    created_ms,
-                    now_ms,
-                } => {
-                    if let Some(b) = backend {
-                        let created = created_ms.to_string();
-                        pipe.add_command(self.eval("tch", key, now_ms, t, &[&b, &created]))
-                            .ignore();
-                    }
-                }
-                Write::Insert {
-                    key,
-                    record,
-                    backend,
-                } => {
-                    if let Some(b) = backend {
-                        let created = record.created_ms.to_string();
-                        let seen = record.seen_ms.to_string();
-                        pipe.add_command(self.eval(
-                            "ins",
-                            key,
-                            record.seen_ms,
-                            t,
-                            &[&b, &created, &seen],
-                        ))
-                        .ignore();
-                    }
-                }
-                Write::Repin {
-                    key,
-                    backend,
-                    now_ms,
-                    ack,
-                } => {
-                    if let Some(b) = backend {
-                        pipe.add_command(self.eval("rep", key, now_ms, t, &[&b]))
-                            .ignore();
-                        self.announce(&mut pipe, key);
-                    }
-                    acks.push(ack);
-                }
-                Write::End {
-                    key,
-                    reason,
-                    now_ms,
-                    ack,
-                } => {
-                    pipe.add_command(self.eval("end", key, now_ms, t, &[reason_code(reason)]))
-                        .ignore();
-                    self.announce(&mut pipe, key);
-                    acks.push(ack);
-                }
-            }
-        }
-        pipe
-    }
-
-    /// The invalidation every other instance acts on. Sent after the write in
-    /// the same pipeline, so whoever reads Redis on receiving it sees the
-    /// new state.
-    fn announce(&self, pipe: &mut redis::Pipeline, key: SessionKey) {
-        pipe.cmd("PUBLISH")
-            .arg(&self.keys.channel)
-            .arg(format!("{} {:032x}", self.instance, key.0))
-            .ignore();
-    }
-
-    fn on_message(&self, payload: &[u8]) {
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return;
-        };
-        let Some((from, key)) = text.split_once(' ') else {
-            return;
-        };
-        if from == self.instance {
-            return;
-        }
-        if let Ok(k) = u128::from_str_radix(key, 16) {
-            self.cache.invalidate(SessionKey(k));
-        }
-    }
-
-    /// Connects if need be, then pings.
-    async fn check(&self) {
-        let conn = match self.conn.load_full() {
-            Some(c) => c,
-            None => {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.connect_timeout)
-                    .set_response_timeout(self.command_timeout)
-                    .set_number_of_retries(1)
-                    .set_max_delay(100);
-                let made = tokio::time::timeout(
-                    self.connect_timeout * 2,
-                    ConnectionManager::new_with_config(self.client.clone(), cfg),
-                )
-                .await;
-                match made {
-                    Ok(Ok(c)) => {
-                        let c = Arc::new(c);
-                        self.conn.store(Some(c.clone()));
-                        c
-                    }
-                    Ok(Err(e)) => return self.set_down(&e.to_string()),
-                    Err(_) => return self.set_down("connect timed out"),
-                }
-            }
-        };
-        let mut c = ConnectionManager::clone(&conn);
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(self.command_timeout, ping.query_async::<String>(&mut c)).await {
-            Ok(Ok(_)) => self.set_up(),
-            Ok(Err(e)) => self.set_down(&e.to_string()),
-            Err(_) => self.set_down("PING timed out"),
-        }
-    }
-
-    /// Trims each backend's set of what has passed its deadline and reads
-    /// its size.
-    async fn recount(&self, now_ms: u64) {
-        if !self.is_up() {
-            return;
-        }
-        let names = self.names.load_full();
-        if names.by_id.is_empty() {
-            return;
-        }
-        let order: Vec<(BackendId, &Arc<str>)> = names.by_id.iter().map(|(i, n)| (*i, n)).collect();
-        let mut pipe = redis::pipe();
-        for (_, name) in &order {
-            let set = format!("{}{}", self.keys.backend, name);
-            pipe.cmd("ZREMRANGEBYSCORE")
-                .arg(&set)
-                .arg("-inf")
-                .arg(now_ms)
-                .ignore();
-            pipe.cmd("ZCARD").arg(&set);
-        }
-        let Some(conn) = self.conn.load_full() else {
-            return;
-        };
-        let mut conn = ConnectionManager::clone(&conn);
-        let counted = tokio::time::timeout(
-            self.command_timeout,
-            pipe.query_async::<Vec<u64>>(&mut conn),
-        )
-        .await;
-        match counted {
-            // Ids forgotten meanwhile may name other backends now.
-            Ok(Ok(_)) if !Arc::ptr_eq(&names, &self.names.load()) => {}
-            Ok(Ok(v)) => {
-                let mut live = 0;
-                for ((id, _), n) in order.iter().zip(v) {
-                    if let Some(c) = self.counts.get(usize::from(id.0)) {
-                        c.store(n, Ordering::Relaxed);
-                    }
-                    live += n;
-                }
-                self.live.store(live, Ordering::Relaxed);
-            }
-            Ok(Err(e)) => self.failed(1, &e.to_string()),
-            Err(_) => self.failed(1, "session count timed out"),
-        }
-    }
-}
-
-/// Sends queued writes, as many per pipeline as are waiting. Ends when the
-/// store is dropped (the queue's sender goes with it).
-async fn writer(weak: Weak<Inner>, mut rx: mpsc::Receiver<Write>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let Some(inner) = weak.upgrade() else { return };
-        inner.flush(&mut batch).await;
-    }
-}
-
-/// Waits `every`, or returns `false` once the store has been dropped.
-async fn pause(stop: &mut watch::Receiver<()>, every: Duration) -> bool {
-    tokio::select! {
-        _ = stop.changed() => false,
-        _ = tokio::time::sleep(every) => true,
-    }
-}
-
-/// Connects, pings every `every`, and flips the up/down state (logging once
-/// per change).
-async fn health(weak: Weak<Inner>, mut stop: watch::Receiver<()>, every: Duration) {
-    loop {
-        {
-            let Some(inner) = weak.upgrade() else { return };
-            inner.check().await;
-        }
-        if !pause(&mut stop, every).await {
-            return;
-        }
-    }
-}
-
-/// Keeps a subscription to the invalidation channel. The local view is used
-/// only while it is connected, and cleared each time it (re)connects.
-async fn subscriber(
-    weak: Weak<Inner>,
-    client: Client,
-    mut stop: watch::Receiver<()>,
-    resubscribe: Arc<Notify>,
-    every: Duration,
-) {
-    loop {
-        let (channel, connect_timeout) = {
-            let Some(inner) = weak.upgrade() else { return };
-            (inner.keys.channel.clone(), inner.connect_timeout)
-        };
-        let subscribed = tokio::time::timeout(connect_timeout, async {
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(&channel).await?;
-            Ok::<_, RedisError>(ps)
-        })
-        .await;
-        let Ok(Ok(ps)) = subscribed else {
-            if !pause(&mut stop, every).await {
-                return;
-            }
-            continue;
-        };
-        {
-            let Some(inner) = weak.upgrade() else { return };
-            inner.cache.clear();
-            inner.subscribed.store(true, Ordering::Release);
-        }
-        let mut messages = ps.into_on_message();
-        loop {
-            tokio::select! {
-                m = messages.next() => match m {
-                    Some(m) => {
-                        let Some(inner) = weak.upgrade() else { return };
-                        inner.on_message(m.get_payload_bytes());
-                    }
-                    None => break,
-                },
-                _ = resubscribe.notified() => break,
-                _ = stop.changed() => return,
-            }
-        }
-        {
-            let Some(inner) = weak.upgrade() else { return };
-            inner.subscribed.store(false, Ordering::Release);
-        }
-        tracing::debug!("redis invalidation channel lost; resubscribing");
-        if !pause(&mut stop, every).await {
-            return;
-        }
-    }
-}
-
-/// Reaps the local view and refreshes the per-backend counts.
-async fn upkeep<C>(weak: Weak<Inner>, mut stop: watch::Receiver<()>, every: Duration, now_ms: C)
-where
-    C: Fn() -> u64 + Send + Sync + 'static,
-{
-    while pause(&mut stop, every).await {
-        let Some(inner) = weak.upgrade() else { return };
-        let now = now_ms();
-        inner.cache.reap(now, inner.times());
-        inner.recount(now).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stored_values_parse_strictly() {
-        assert_eq!(
-            parse("10|20|L|app-1.x"),
-            Some(Stored {
-                created_ms: 10,
-                seen_ms: 20,
-                ended: None,
-                backend: "app-1.x"
-            })
-        );
-        assert_eq!(
-            parse("10|20|R|").map(|s| s.ended),
-            Some(Some(EndReason::Regenerated))
-        );
-        assert_eq!(
-            parse("10|20|E|b").map(|s| s.ended),
-            Some(Some(EndReason::Ended))
-        );
-        for bad in ["", "10|20|L", "x|20|L|b", "10|20|Q|b", "10|-1|L|b"] {
-            assert_eq!(parse(bad), None, "{bad:?}");
         }
     }
 }
