@@ -166,6 +166,23 @@ impl Control {
         if old.admin.as_ref().map(|a| a.bind) != next.admin.as_ref().map(|a| a.bind) {
             fixed.push("[admin] bind");
         }
+        // Sized or read once at start: the connection semaphore, the admin
+        // listener's token, the log subscriber.
+        if old.limits.max_connections != next.limits.max_connections {
+            fixed.push("[limits] max_connections");
+            next.limits.max_connections = old.limits.max_connections;
+        }
+        let token = |c: &Config| c.admin.as_ref().and_then(|a| a.token.clone());
+        if token(old) != token(&next) {
+            fixed.push("[admin] token_file");
+            if let (Some(n), Some(o)) = (next.admin.as_mut(), old.admin.as_ref()) {
+                n.token = o.token.clone();
+            }
+        }
+        if old.log.format != next.log.format {
+            fixed.push("[log] format");
+            next.log.format = old.log.format;
+        }
         if !fixed.is_empty() {
             tracing::warn!(sections = ?fixed, "these settings need a restart; kept the running values");
         }

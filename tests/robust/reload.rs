@@ -482,3 +482,44 @@ async fn new_session_rate_keeps_ipv4_clients_apart_on_a_dual_stack_listener() {
     assert_eq!(plain_get(v6, "/", &[]).await.status, 429, "::1 is limited");
     t.stop().await;
 }
+
+/// Settings fixed at start are reported by a reload and kept, so what the
+/// running config says is what runs: the connection cap (its semaphore is
+/// sized once), the admin token and the log format.
+#[tokio::test]
+async fn a_reload_keeps_what_only_a_restart_can_change() {
+    let b = Backend::start("app1").await;
+    let token = std::env::temp_dir().join(format!("tether-token-{}", std::process::id()));
+    std::fs::write(&token, "first-token").unwrap();
+    let with = |cap: usize, tok: &str, format: &str| {
+        std::fs::write(&token, tok).unwrap();
+        let mut s = config("", &[&b]).replace("[log]\naccess = false\n", "");
+        s.push_str(&format!(
+            "\n[limits]\nmax_connections = {cap}\n\n[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\n[log]\naccess = false\nformat = \"{format}\"\n",
+            token.display()
+        ));
+        s
+    };
+    let t = Tether::start(&with(2, "first-token", "text")).await;
+    let next = tether::config::from_str(
+        &with(100, "second-token", "json"),
+        &repo().join("test.toml"),
+        None,
+    )
+    .unwrap();
+    t.running().apply(next).expect("the reload applies");
+    let snap = t.running().shared().snapshot.load();
+    let c = &snap.config;
+    assert_eq!(
+        c.limits.max_connections, 2,
+        "the cap in force stays the one reported"
+    );
+    assert_eq!(
+        c.admin.as_ref().and_then(|a| a.token.as_deref()),
+        Some("first-token")
+    );
+    assert_eq!(c.log.format, tether::config::LogFormat::Text);
+    drop(snap);
+    let _ = std::fs::remove_file(&token);
+    t.stop().await;
+}
