@@ -1,0 +1,621 @@
+//! The semantic checks: file values in, model values out, each refusal
+//! located at the value it is about. Reads the files the config names.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use toml::Spanned;
+
+use super::file::{self, SameSite, Secure, Source, StoreKind};
+use super::model::*;
+use super::{Cx, Result};
+
+impl Cx<'_> {
+    fn resolve(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    /// Reads a file the config names, pointing at the name on failure.
+    fn read(&self, what: &str, name: &Spanned<String>) -> Result<(PathBuf, Vec<u8>)> {
+        let path = self.resolve(name.get_ref());
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok((path, bytes)),
+            Err(e) => Err(self.on(name, format!("cannot read {what} {}: {e}", path.display()))),
+        }
+    }
+
+    /// Checks every section and builds the [`Config`]; the first problem found wins.
+    pub(super) fn build(&self, raw: file::Root, env_secret: Option<String>) -> Result<Config> {
+        let listeners = self.listeners(&raw.listeners)?;
+        let tls = self.tls(raw.tls.as_ref(), &raw.listeners)?;
+        let all_tls = listeners.iter().all(|l| l.tls);
+        let session = self.session(raw.session, all_tls, env_secret)?;
+        let store = self.store(raw.store, &session.secrets.origin)?;
+        let backends = self.backends(&raw.backends)?;
+        let health = self.health(raw.health)?;
+        let timeouts = self.timeouts(raw.timeouts)?;
+        let limits = self.limits(raw.limits)?;
+        let worker_threads = &raw.runtime.worker_threads;
+        let runtime = Runtime {
+            worker_threads: self.int_in(
+                worker_threads,
+                0,
+                1024,
+                "worker_threads",
+                " (0 = one per core)",
+            )?,
+        };
+        let admin = match &raw.admin {
+            Some(admin) => Some(self.admin(admin, &listeners)?),
+            None => None,
+        };
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            listeners,
+            tls,
+            session,
+            store,
+            backends,
+            health,
+            timeouts,
+            limits,
+            runtime,
+            admin,
+            log: Log {
+                format: raw.log.format,
+                access: raw.log.access,
+            },
+        })
+    }
+
+    fn socket_addr(
+        &self,
+        what: &str,
+        value: &Spanned<String>,
+        example: &str,
+    ) -> Result<SocketAddr> {
+        let text = value.get_ref();
+        let advice = format!("expected host:port, like \"{example}\"");
+        match text.to_socket_addrs() {
+            Ok(mut addrs) => addrs.next().ok_or_else(|| {
+                self.on(
+                    value,
+                    format!("{what} {text:?} resolves to no address; {advice}"),
+                )
+            }),
+            Err(e) => Err(self.on(value, format!("invalid {what} {text:?} ({e}); {advice}"))),
+        }
+    }
+
+    fn listeners(&self, raw: &[file::Listener]) -> Result<Vec<Listener>> {
+        if raw.is_empty() {
+            return Err(self.at(
+                0..0,
+                "at least one [[listener]] is required, like [[listener]] bind = \"0.0.0.0:8080\"",
+            ));
+        }
+        let mut out: Vec<Listener> = Vec::with_capacity(raw.len());
+        for l in raw {
+            let bind = self.socket_addr("listener bind", &l.bind, "0.0.0.0:8443")?;
+            // Port 0 asks the OS for a fresh port each time, so repeats are distinct listeners.
+            if bind.port() != 0 && out.iter().any(|o| o.bind == bind) {
+                return Err(self.on(&l.bind, format!("duplicate listener bind {bind}")));
+            }
+            out.push(Listener {
+                bind,
+                tls: *l.tls.get_ref(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn tls(&self, raw: Option<&file::Tls>, listeners: &[file::Listener]) -> Result<Option<Tls>> {
+        let Some(raw) = raw else {
+            if let Some(l) = listeners.iter().find(|l| *l.tls.get_ref()) {
+                return Err(self.on(
+                    &l.tls,
+                    "a listener with tls = true needs a [tls] section with cert and key",
+                ));
+            }
+            return Ok(None);
+        };
+        let (cert_path, cert_pem) = self.read("certificate file", &raw.cert)?;
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                self.on(
+                    &raw.cert,
+                    format!("cannot parse certificate file {}: {e}", cert_path.display()),
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(self.on(
+                &raw.cert,
+                format!(
+                    "certificate file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    cert_path.display()
+                ),
+            ));
+        }
+        let (key_path, key_pem) = self.read("key file", &raw.key)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            let why = match e {
+                rustls_pki_types::pem::Error::NoItemsFound => {
+                    "no PEM private key (PKCS#8, RSA or EC) found".to_string()
+                }
+                e => e.to_string(),
+            };
+            self.on(
+                &raw.key,
+                format!("cannot parse key file {}: {why}", key_path.display()),
+            )
+        })?;
+        Ok(Some(Tls {
+            cert_path,
+            key_path,
+            certs,
+            key,
+        }))
+    }
+
+    /// Reads a secret file: bytes, one trailing line end removed, at least [`MIN_SECRET_BYTES`].
+    fn secret_file(&self, what: &str, name: &Spanned<String>) -> Result<(PathBuf, Vec<u8>)> {
+        let (path, mut bytes) = self.read(what, name)?;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        if bytes.len() < MIN_SECRET_BYTES {
+            return Err(self.on(
+                name,
+                format!(
+                    "{what} {} holds {} bytes; a secret needs at least {MIN_SECRET_BYTES} (try: head -c 32 /dev/urandom | base64 > {})",
+                    path.display(),
+                    bytes.len(),
+                    path.display()
+                ),
+            ));
+        }
+        Ok((path, bytes))
+    }
+
+    fn secrets(&self, raw: &file::Session, env_secret: Option<String>) -> Result<Secrets> {
+        let short = |n: usize| {
+            format!("holds {n} bytes; a secret needs at least {MIN_SECRET_BYTES} (try: head -c 32 /dev/urandom | base64)")
+        };
+        let (current, origin) = match (&raw.secret, &raw.secret_file) {
+            (Some(_), Some(file)) => {
+                return Err(self.on(file, "set either secret or secret_file, not both"))
+            }
+            (Some(inline), None) => {
+                let bytes = inline.get_ref().as_bytes().to_vec();
+                if bytes.len() < MIN_SECRET_BYTES {
+                    return Err(self.on(inline, format!("secret {}", short(bytes.len()))));
+                }
+                (bytes, SecretOrigin::Inline)
+            }
+            (None, Some(name)) => {
+                let (path, bytes) = self.secret_file("secret_file", name)?;
+                (bytes, SecretOrigin::File(path))
+            }
+            (None, None) => match env_secret {
+                Some(env) => {
+                    if env.len() < MIN_SECRET_BYTES {
+                        return Err(self.unlocated(format!("{SECRET_ENV} {}", short(env.len()))));
+                    }
+                    (env.into_bytes(), SecretOrigin::Env)
+                }
+                None => (Vec::new(), SecretOrigin::Generated),
+            },
+        };
+        let previous = raw
+            .previous_secret_files
+            .get_ref()
+            .iter()
+            .map(|name| {
+                self.secret_file("previous secret file", name)
+                    .map(|(_, b)| b)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Secrets {
+            current,
+            previous,
+            origin,
+        })
+    }
+
+    fn session(
+        &self,
+        raw: file::Session,
+        all_tls: bool,
+        env_secret: Option<String>,
+    ) -> Result<Session> {
+        let secrets = self.secrets(&raw, env_secret)?;
+        for (key, name) in [("cookie", &raw.cookie), ("app_cookie", &raw.app_cookie)] {
+            if !is_token(name.get_ref()) {
+                return Err(self.on(
+                    name,
+                    format!(
+                        "invalid {key} name {:?}: expected an RFC 6265 token (letters, digits and !#$%&'*+-.^_`|~), like \"tether_sid\"",
+                        name.get_ref()
+                    ),
+                ));
+            }
+        }
+        if raw.source == Source::Header && !is_token(raw.header.get_ref()) {
+            return Err(self.on(
+                &raw.header,
+                format!(
+                    "invalid header name {:?}: expected an HTTP field name (letters, digits and !#$%&'*+-.^_`|~), like \"X-Session-Id\"",
+                    raw.header.get_ref()
+                ),
+            ));
+        }
+        if raw.source == Source::Query && raw.query_param.get_ref().is_empty() {
+            return Err(self.on(
+                &raw.query_param,
+                "query_param must not be empty when source = \"query\"",
+            ));
+        }
+        let idle_timeout = self.positive(&raw.idle_timeout, "idle_timeout")?;
+        let absolute_timeout = self.positive(&raw.absolute_timeout, "absolute_timeout")?;
+
+        let secure = *raw.secure.get_ref();
+        let same_site = *raw.same_site.get_ref();
+        if same_site == SameSite::None && secure == Secure::Never {
+            return Err(self.on(
+                &raw.same_site,
+                "same_site = \"none\" needs Secure, but secure = \"never\": browsers drop such cookies; use secure = \"always\" or \"auto\"",
+            ));
+        }
+        let path = raw.path.get_ref();
+        if !path.starts_with('/') || !path.chars().all(|c| c.is_ascii_graphic() && c != ';') {
+            return Err(self.on(
+                &raw.path,
+                format!("invalid cookie path {path:?}: expected a path starting with \"/\", without spaces or \";\""),
+            ));
+        }
+        if let Some(domain) = &raw.domain {
+            let d = domain.get_ref();
+            if d.is_empty()
+                || !d
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            {
+                return Err(self.on(
+                    domain,
+                    format!(
+                        "invalid cookie domain {d:?}: expected a host name, like \"example.com\""
+                    ),
+                ));
+            }
+        }
+        self.cookie_prefix(&raw, all_tls)?;
+
+        let factor = *raw.balance_factor.get_ref();
+        if !(factor == 0.0 || (factor.is_finite() && factor >= 1.0)) {
+            return Err(self.on(
+                &raw.balance_factor,
+                format!("invalid balance_factor {factor}: expected 0 (off) or a number >= 1.0, like 1.25"),
+            ));
+        }
+        let mut bind_to = Vec::with_capacity(raw.bind_to.len());
+        for item in &raw.bind_to {
+            if bind_to.contains(item.get_ref()) {
+                let name = toml::Value::try_from(item.get_ref())
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                return Err(self.on(item, format!("bind_to lists {name} twice")));
+            }
+            bind_to.push(*item.get_ref());
+        }
+        Ok(Session {
+            mode: raw.mode,
+            source: raw.source,
+            cookie: raw.cookie.into_inner(),
+            app_cookie: raw.app_cookie.into_inner(),
+            header: raw.header.into_inner().to_ascii_lowercase(),
+            query_param: raw.query_param.into_inner(),
+            idle_timeout,
+            absolute_timeout,
+            secrets,
+            same_site,
+            secure,
+            http_only: raw.http_only,
+            path: raw.path.into_inner(),
+            domain: raw.domain.map(Spanned::into_inner),
+            strip_cookie: raw.strip_cookie,
+            balance_factor: factor,
+            bind_to,
+            on_mismatch: raw.on_mismatch,
+        })
+    }
+
+    /// Cookie name prefixes (RFC 6265bis §4.1.3). Browsers match them without
+    /// regard to case, so we do too.
+    fn cookie_prefix(&self, raw: &file::Session, all_tls: bool) -> Result<()> {
+        let name = raw.cookie.get_ref();
+        let lower = name.to_ascii_lowercase();
+        let prefix = if lower.starts_with("__host-") {
+            "__Host-"
+        } else if lower.starts_with("__secure-") {
+            "__Secure-"
+        } else {
+            return Ok(());
+        };
+        let secure = match raw.secure.get_ref() {
+            Secure::Always => true,
+            Secure::Auto => all_tls,
+            Secure::Never => false,
+        };
+        if !secure {
+            let why = match raw.secure.get_ref() {
+                Secure::Never => "but secure = \"never\"",
+                _ => "but secure = \"auto\" leaves it off on plain listeners",
+            };
+            return Err(self.on(
+                &raw.cookie,
+                format!(
+                    "cookie {name:?}: the {prefix} prefix requires Secure, {why}; set secure = \"always\" or use only tls listeners"
+                ),
+            ));
+        }
+        if prefix == "__Host-" {
+            if raw.path.get_ref() != "/" {
+                return Err(self.on(
+                    &raw.path,
+                    format!("cookie {name:?}: the __Host- prefix requires path = \"/\""),
+                ));
+            }
+            if let Some(domain) = &raw.domain {
+                return Err(self.on(
+                    domain,
+                    format!("cookie {name:?}: the __Host- prefix forbids a domain; remove it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn positive(&self, value: &Spanned<file::Dur>, key: &str) -> Result<Duration> {
+        let d = value.get_ref().0;
+        if d.is_zero() {
+            return Err(self.on(value, format!("{key} must be greater than 0, like \"2s\"")));
+        }
+        Ok(d)
+    }
+
+    /// An integer in `min..=max`, converted to the type the caller needs.
+    fn int_in<T: TryFrom<i64>>(
+        &self,
+        value: &Spanned<i64>,
+        min: i64,
+        max: i64,
+        key: &str,
+        note: &str,
+    ) -> Result<T> {
+        let n = *value.get_ref();
+        if n < min || n > max {
+            let range = if max == i64::MAX {
+                format!("a number >= {min}")
+            } else {
+                format!("{min} to {max}")
+            };
+            return Err(self.on(value, format!("invalid {key} {n}: expected {range}{note}")));
+        }
+        T::try_from(n)
+            .map_err(|_| self.on(value, format!("{key} {n} is too large for this platform")))
+    }
+
+    fn rate(&self, value: &Spanned<f64>, key: &str) -> Result<f64> {
+        let r = *value.get_ref();
+        if !(r.is_finite() && r >= 0.0) {
+            return Err(self.on(
+                value,
+                format!("invalid {key} {r}: expected a number >= 0 (0 = off)"),
+            ));
+        }
+        Ok(r)
+    }
+
+    fn store(&self, raw: file::Store, secret: &SecretOrigin) -> Result<Store> {
+        let kind = *raw.kind.get_ref();
+        if kind == StoreKind::Redis {
+            let url = raw.url.get_ref();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(self.on(
+                    &raw.url,
+                    format!("invalid redis url {url:?}: expected redis:// or rediss://, like \"redis://127.0.0.1:6379/0\""),
+                ));
+            }
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                // redis-rs renders "<what>- <ErrorKind>"; the kind adds nothing here.
+                let shown = e.to_string();
+                let why = shown.split("- ").next().unwrap_or(&shown);
+                return Err(self.on(&raw.url, format!("invalid redis url {url:?}: {why}")));
+            }
+            // A secret made up at start would be this instance's alone: the
+            // others could not verify its cookies, and sessions would move.
+            if *secret == SecretOrigin::Generated {
+                return Err(self.on(
+                    &raw.kind,
+                    format!("[store] kind = \"redis\" needs a shared session secret: without one every instance makes up its own and none can read the others' cookies; set [session] secret_file (or secret, or the {SECRET_ENV} environment variable) to the same secret on every instance"),
+                ));
+            }
+        }
+        let prefix = raw.key_prefix.get_ref();
+        if prefix.is_empty() || prefix.len() > 64 || prefix.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(self.on(
+                &raw.key_prefix,
+                format!("invalid key_prefix {prefix:?}: expected 1 to 64 printable characters without spaces, like \"tether:\""),
+            ));
+        }
+        Ok(Store {
+            kind,
+            max_sessions: self.int_in(&raw.max_sessions, 1, i64::MAX, "max_sessions", "")?,
+            connect_timeout: self.positive(&raw.connect_timeout, "connect_timeout")?,
+            command_timeout: self.positive(&raw.command_timeout, "command_timeout")?,
+            key_prefix: raw.key_prefix.into_inner(),
+            url: raw.url.into_inner(),
+        })
+    }
+
+    fn backends(&self, raw: &[file::Backend]) -> Result<Vec<Backend>> {
+        if raw.is_empty() {
+            return Err(self.at(
+                0..0,
+                "at least one [[backend]] is required, like [[backend]] name = \"app1\" address = \"127.0.0.1:9001\"",
+            ));
+        }
+        if let Some(extra) = raw.get(MAX_BACKENDS) {
+            return Err(self.on(
+                &extra.name,
+                format!("too many backends: at most {MAX_BACKENDS} are allowed"),
+            ));
+        }
+        let mut names = HashSet::with_capacity(raw.len());
+        let mut out = Vec::with_capacity(raw.len());
+        let mut total_weight = 0u64;
+        for b in raw {
+            let name = b.name.get_ref();
+            let valid = (1..=64).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(self.on(
+                    &b.name,
+                    format!("invalid backend name {name:?}: expected 1 to 64 of A-Z a-z 0-9 . _ -, like \"app1\""),
+                ));
+            }
+            if !names.insert(name.as_str()) {
+                return Err(self.on(
+                    &b.name,
+                    format!("duplicate backend name {name:?}: names must be unique"),
+                ));
+            }
+            let weight = self.int_in(&b.weight, 1, 1000, "weight", "")?;
+            total_weight += u64::from(weight);
+            if total_weight > MAX_TOTAL_WEIGHT {
+                // A default weight has no place in the file: point at the name.
+                let span = Some(b.weight.span())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| b.name.span());
+                return Err(self.at(
+                    span,
+                    format!("backend weights add up to more than {MAX_TOTAL_WEIGHT}: scale them down in proportion (only their ratios matter)"),
+                ));
+            }
+            out.push(Backend {
+                name: name.clone(),
+                address: self.socket_addr("backend address", &b.address, "127.0.0.1:9001")?,
+                weight,
+            });
+        }
+        Ok(out)
+    }
+
+    fn health(&self, raw: file::Health) -> Result<Health> {
+        if !raw.path.get_ref().starts_with('/') {
+            return Err(self.on(
+                &raw.path,
+                format!("invalid health path {:?}: expected a path starting with \"/\", like \"/healthz\"", raw.path.get_ref()),
+            ));
+        }
+        Ok(Health {
+            interval: self.positive(&raw.interval, "interval")?,
+            timeout: self.positive(&raw.timeout, "timeout")?,
+            rise: self.int_in(&raw.rise, 1, 1000, "rise", "")?,
+            fall: self.int_in(&raw.fall, 1, 1000, "fall", "")?,
+            path: raw.path.into_inner(),
+        })
+    }
+
+    fn timeouts(&self, raw: file::Timeouts) -> Result<Timeouts> {
+        Ok(Timeouts {
+            connect: self.positive(&raw.connect, "connect")?,
+            response: self.positive(&raw.response, "response")?,
+            upstream_idle: self.positive(&raw.upstream_idle, "upstream_idle")?,
+            client_header: self.positive(&raw.client_header, "client_header")?,
+            client_body: self.positive(&raw.client_body, "client_body")?,
+            keepalive: raw.keepalive.0,
+            tunnel: self.positive(&raw.tunnel, "tunnel")?,
+            shutdown_grace: raw.shutdown_grace.0,
+        })
+    }
+
+    fn limits(&self, raw: file::Limits) -> Result<Limits> {
+        let session_rate = self.rate(&raw.session_rate, "session_rate")?;
+        let burst = self.rate(&raw.session_burst, "session_burst")?;
+        Ok(Limits {
+            max_connections: self.int_in(
+                &raw.max_connections,
+                1,
+                i64::MAX,
+                "max_connections",
+                "",
+            )?,
+            max_header_bytes: self.int_in(
+                &raw.max_header_bytes,
+                1024,
+                1_048_576,
+                "max_header_bytes",
+                "",
+            )?,
+            session_rate,
+            session_burst: if burst == 0.0 {
+                2.0 * session_rate
+            } else {
+                burst
+            },
+            new_session_rate: self.rate(&raw.new_session_rate, "new_session_rate")?,
+        })
+    }
+
+    fn admin(&self, raw: &file::Admin, listeners: &[Listener]) -> Result<Admin> {
+        let bind = self.socket_addr("admin bind", &raw.bind, "127.0.0.1:9901")?;
+        if bind.port() != 0 && listeners.iter().any(|l| l.bind == bind) {
+            return Err(self.on(
+                &raw.bind,
+                format!("admin bind {bind} is also a listener's bind; pick another port"),
+            ));
+        }
+        let token = match &raw.token_file {
+            Some(name) => {
+                let (path, bytes) = self.read("token_file", name)?;
+                let token = String::from_utf8(bytes).map_err(|_| {
+                    self.on(
+                        name,
+                        format!("token_file {} is not UTF-8 text", path.display()),
+                    )
+                })?;
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(self.on(name, format!("token_file {} is empty", path.display())));
+                }
+                Some(token.to_string())
+            }
+            None => None,
+        };
+        if token.is_none() && !bind.ip().is_loopback() {
+            return Err(self.on(
+                &raw.bind,
+                format!("admin bind {bind} is not a loopback address: tether refuses to expose the admin API without a token; set token_file or bind 127.0.0.1"),
+            ));
+        }
+        Ok(Admin { bind, token })
+    }
+}
+
+/// An RFC 6265 cookie name / RFC 9110 field name: one or more `tchar`s.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
