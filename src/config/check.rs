@@ -6,13 +6,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use toml::Spanned;
 
 use super::file::{self, SameSite, Secure, Source, StoreKind};
 use super::model::*;
 use super::{Cx, Result};
+use crate::tls::{self, PemFile, PemPair};
 
 impl Cx<'_> {
     fn resolve(&self, p: &str) -> PathBuf {
@@ -123,37 +122,13 @@ impl Cx<'_> {
             }
             return Ok(None);
         };
-        let (cert_path, cert_pem) = self.read("certificate file", &raw.cert)?;
-        let certs = CertificateDer::pem_slice_iter(&cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                self.on(
-                    &raw.cert,
-                    format!("cannot parse certificate file {}: {e}", cert_path.display()),
-                )
+        let cert_path = self.resolve(raw.cert.get_ref());
+        let key_path = self.resolve(raw.key.get_ref());
+        let PemPair { certs, key } =
+            tls::load_pem_pair(&cert_path, &key_path).map_err(|e| match e.file() {
+                PemFile::Cert => self.on(&raw.cert, e.to_string()),
+                PemFile::Key => self.on(&raw.key, e.to_string()),
             })?;
-        if certs.is_empty() {
-            return Err(self.on(
-                &raw.cert,
-                format!(
-                    "certificate file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                    cert_path.display()
-                ),
-            ));
-        }
-        let (key_path, key_pem) = self.read("key file", &raw.key)?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-            let why = match e {
-                rustls_pki_types::pem::Error::NoItemsFound => {
-                    "no PEM private key (PKCS#8, RSA or EC) found".to_string()
-                }
-                e => e.to_string(),
-            };
-            self.on(
-                &raw.key,
-                format!("cannot parse key file {}: {why}", key_path.display()),
-            )
-        })?;
         Ok(Some(Tls {
             cert_path,
             key_path,
