@@ -18,6 +18,10 @@ pub const SECRET_ENV: &str = "TETHER_SECRET";
 pub const MIN_SECRET_BYTES: usize = 16;
 
 /// Most backends one config may name; the ring's size grows with it.
+///
+/// Not the bound on backend *ids* (`store::MAX_BACKEND_IDS`, larger on
+/// purpose): a reload may replace every name while requests in flight still
+/// hold the old names' ids, so ids in use can outnumber one config's backends.
 pub const MAX_BACKENDS: usize = 1024;
 
 /// Largest sum of backend weights. The ring holds 160 points per unit of
