@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -16,12 +16,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
 use crate::config::{self, Config};
 use crate::server;
+use crate::tls;
 
 const DEMO_CERT: &[u8] = include_bytes!("../certs/localhost.crt");
 const DEMO_KEY: &[u8] = include_bytes!("../certs/localhost.key");
@@ -115,15 +114,17 @@ pub fn demo_config(
         ));
     }
     let mut cfg = config::from_str(&text, Path::new("(demo)"), None).map_err(|e| e.to_string())?;
-    let certs = CertificateDer::pem_slice_iter(DEMO_CERT)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("embedded certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(DEMO_KEY).map_err(|e| format!("embedded key: {e}"))?;
+    let (cert_path, key_path) = (
+        PathBuf::from("(embedded certs/localhost.crt)"),
+        PathBuf::from("(embedded certs/localhost.key)"),
+    );
+    let pair = tls::parse_pem_pair(DEMO_CERT, &cert_path, DEMO_KEY, &key_path)
+        .map_err(|e| e.to_string())?;
     cfg.tls = Some(config::Tls {
-        cert_path: "(embedded certs/localhost.crt)".into(),
-        key_path: "(embedded certs/localhost.key)".into(),
-        certs,
-        key,
+        cert_path,
+        key_path,
+        certs: pair.certs,
+        key: pair.key,
     });
     for l in &mut cfg.listeners {
         l.tls = true;

@@ -14,9 +14,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
 use crate::backends::NamesExhausted;
 use crate::config::{self, Config, ConfigError};
 use crate::health::{Checker, OnProbe};
@@ -261,12 +258,8 @@ pub async fn watch_certificates(ctl: Arc<Control>) {
         }
         let (c, k) = (cert.clone(), key.clone());
         let loaded = off_runtime("certificates", move || {
-            let certs = CertificateDer::pem_file_iter(&c)
-                .map_err(|e| e.to_string())?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            let key = PrivateKeyDer::from_pem_file(&k).map_err(|e| e.to_string())?;
-            tls::certified_key(certs, key).map_err(|e| e.to_string())
+            let pair = tls::load_pem_pair(&c, &k).map_err(|e| e.to_string())?;
+            tls::certified_key(pair.certs, pair.key).map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));

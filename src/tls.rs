@@ -2,8 +2,12 @@
 //! 1.3 only, the server's cipher-suite order, resumption by session cache and
 //! tickets, and a certificate resolver whose key can be replaced in place, so
 //! a renewed certificate needs no new listener and open connections are
-//! untouched.
+//! untouched. Also the one place a certificate chain and key are read from
+//! PEM ([`load_pem_pair`]): at config load, by the certificate watcher and by
+//! the demo.
 
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -11,6 +15,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Sessions remembered for resumption (~ a few hundred bytes each).
@@ -20,6 +25,149 @@ const SESSION_CACHE: usize = 16 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct TlsError(String);
+
+/// A certificate chain and its private key, parsed from PEM.
+pub struct PemPair {
+    /// The chain, leaf first, as in the file.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Which file of a certificate/key pair a [`PemError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemFile {
+    /// The certificate chain.
+    Cert,
+    /// The private key.
+    Key,
+}
+
+impl PemFile {
+    fn noun(self) -> &'static str {
+        match self {
+            PemFile::Cert => "certificate file",
+            PemFile::Key => "key file",
+        }
+    }
+}
+
+/// Why a certificate chain or key did not load from PEM. Display is one line
+/// naming the file; [`PemError::file`] says which of the pair it is.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    /// The file could not be read.
+    #[error("cannot read {} {}: {source}", file.noun(), path.display())]
+    Read {
+        /// Which file of the pair.
+        file: PemFile,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The certificate file is not valid PEM.
+    #[error("cannot parse certificate file {}: {source}", path.display())]
+    Cert {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: pem::Error,
+    },
+    /// The certificate file is PEM but holds no certificate.
+    #[error("certificate file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    NoCert {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file holds no private key, or not a readable one.
+    #[error("cannot parse key file {}: {}", path.display(), key_why(source))]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: pem::Error,
+    },
+}
+
+impl PemError {
+    /// The file of the pair this error is about.
+    pub fn file(&self) -> PemFile {
+        match self {
+            PemError::Read { file, .. } => *file,
+            PemError::Cert { .. } | PemError::NoCert { .. } => PemFile::Cert,
+            PemError::Key { .. } => PemFile::Key,
+        }
+    }
+}
+
+/// pki-types says only "no items found" when a key file has no key.
+fn key_why(e: &pem::Error) -> String {
+    match e {
+        pem::Error::NoItemsFound => "no PEM private key (PKCS#8, RSA or EC) found".to_string(),
+        e => e.to_string(),
+    }
+}
+
+/// Reads and parses a PEM certificate chain and private key: the certificate
+/// first, then the key, so a problem with both reports the certificate's.
+///
+/// # Errors
+/// A file cannot be read, is not PEM, the chain is empty, or the key file
+/// holds no private key.
+pub fn load_pem_pair(cert_path: &Path, key_path: &Path) -> Result<PemPair, PemError> {
+    let read = |file, path: &Path| {
+        std::fs::read(path).map_err(|source| PemError::Read {
+            file,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let certs = parse_certs(&read(PemFile::Cert, cert_path)?, cert_path)?;
+    let key = parse_key(&read(PemFile::Key, key_path)?, key_path)?;
+    Ok(PemPair { certs, key })
+}
+
+/// [`load_pem_pair`] on PEM text already in memory; the paths only name it
+/// in errors.
+///
+/// # Errors
+/// As [`load_pem_pair`], except reading.
+pub fn parse_pem_pair(
+    cert_pem: &[u8],
+    cert_path: &Path,
+    key_pem: &[u8],
+    key_path: &Path,
+) -> Result<PemPair, PemError> {
+    let certs = parse_certs(cert_pem, cert_path)?;
+    let key = parse_key(key_pem, key_path)?;
+    Ok(PemPair { certs, key })
+}
+
+fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| PemError::Cert {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(PemError::NoCert {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|source| PemError::Key {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 /// aws-lc-rs (rustls's default provider; its x25519 took half of ring's time
 /// in a handshake-bound profile) with its own suites, AES-128-GCM
@@ -117,14 +265,48 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, T
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls_pki_types::pem::PemObject;
+
+    fn dev_pair() -> PemPair {
+        parse_pem_pair(
+            include_bytes!("../certs/localhost.crt"),
+            Path::new("localhost.crt"),
+            include_bytes!("../certs/localhost.key"),
+            Path::new("localhost.key"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pem_error_names_the_file_of_the_pair_it_is_about() {
+        let (crt, key) = (
+            include_bytes!("../certs/localhost.crt").as_slice(),
+            include_bytes!("../certs/localhost.key").as_slice(),
+        );
+        let (c, k) = (Path::new("a.crt"), Path::new("a.key"));
+        let e = parse_pem_pair(key, c, key, k).err().unwrap();
+        assert_eq!(e.file(), PemFile::Cert);
+        assert_eq!(
+            e.to_string(),
+            "certificate file a.crt holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        );
+        let e = parse_pem_pair(crt, c, crt, k).err().unwrap();
+        assert_eq!(e.file(), PemFile::Key);
+        assert_eq!(
+            e.to_string(),
+            "cannot parse key file a.key: no PEM private key (PKCS#8, RSA or EC) found"
+        );
+        let e = load_pem_pair(Path::new("/nonexistent/a.crt"), k)
+            .err()
+            .unwrap();
+        assert_eq!(e.file(), PemFile::Cert);
+        assert!(e
+            .to_string()
+            .starts_with("cannot read certificate file /nonexistent/a.crt: "));
+    }
 
     #[test]
     fn server_picks_the_suite_and_offers_h2_then_http11() {
-        let certs = CertificateDer::pem_slice_iter(include_bytes!("../certs/localhost.crt"))
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(include_bytes!("../certs/localhost.key")).unwrap();
+        let PemPair { certs, key } = dev_pair();
         let resolver = Arc::new(CertResolver::new(certified_key(certs, key).unwrap()));
         let cfg = server_config(resolver).unwrap();
         assert!(
