@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::store::{BackendId, MAX_BACKEND_IDS};
 
+// A reload may replace every configured backend while requests still hold the
+// old ones, so the ids in use at once can reach twice the configured maximum.
+const _: () = assert!(MAX_BACKEND_IDS >= 2 * crate::config::MAX_BACKENDS);
+
 /// A backend's status (SPEC section 6 `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

@@ -8,13 +8,14 @@
 //! uptime) is not stored here: the caller passes it to `render`.
 //!
 //! Backends are identified by a small index (the caller's interned backend id,
-//! `BackendId.0 as usize`), below [`MAX_BACKENDS`]. Their names are only
+//! `BackendId.0 as usize`), below [`MAX_BACKEND_IDS`]. Their names are only
 //! needed at render time, so a reload that renames nothing costs nothing here,
 //! and a removed backend's counters simply stop being rendered.
 //!
 //! Metric names follow the Prometheus conventions (`tether_` prefix, `_total`
 //! for counters, `_seconds` for durations) and all live in this file, below.
 
+use crate::store::MAX_BACKEND_IDS;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,10 +67,6 @@ pub const BUILD_INFO: &str = "tether_build_info";
 
 /// Backend label of requests tether answered itself, without a backend.
 pub const NO_BACKEND_LABEL: &str = "-";
-
-/// How many backend indexes the per-backend arrays hold (`0..MAX_BACKENDS`).
-/// The same bound as the store's `MAX_BACKEND_IDS`, so any interned id fits.
-pub const MAX_BACKENDS: usize = 4096;
 
 /// Upper bounds of the latency histogram buckets, in nanoseconds, compared
 /// as integers so that `le` means exactly "less than or equal".
@@ -230,7 +227,7 @@ impl Histogram {
 /// All of tether's counters. Share it as `Arc<Metrics>`; every method takes
 /// `&self` and is a handful of relaxed atomic adds.
 pub struct Metrics {
-    /// `MAX_BACKENDS` entries, plus one trailing entry for "no backend".
+    /// `MAX_BACKEND_IDS` entries, plus one trailing entry for "no backend".
     backends: Box<[PerBackend]>,
     session_events: [AtomicU64; SessionEvent::ALL.len()],
     pins_lost: [AtomicU64; PinLost::ALL.len()],
@@ -258,11 +255,13 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Zeroed metrics with room for [`MAX_BACKENDS`] backend indexes
+    /// Zeroed metrics with room for [`MAX_BACKEND_IDS`] backend indexes
     /// (about 700 KiB, allocated once).
     pub fn new() -> Metrics {
         Metrics {
-            backends: (0..=MAX_BACKENDS).map(|_| PerBackend::default()).collect(),
+            backends: (0..=MAX_BACKEND_IDS)
+                .map(|_| PerBackend::default())
+                .collect(),
             session_events: Default::default(),
             pins_lost: Default::default(),
             open_connections: AtomicI64::new(0),
@@ -280,15 +279,18 @@ impl Metrics {
     /// out-of-range index is the caller's bug, but a metric is not worth
     /// failing a request for: it is dropped (and asserted in debug builds).
     fn backend(&self, index: usize) -> Option<&PerBackend> {
-        debug_assert!(index < MAX_BACKENDS, "backend index {index} out of range");
-        self.backends[..MAX_BACKENDS].get(index)
+        debug_assert!(
+            index < MAX_BACKEND_IDS,
+            "backend index {index} out of range"
+        );
+        self.backends[..MAX_BACKEND_IDS].get(index)
     }
 
     /// Zeroes a backend index's counters before it is given to another
     /// backend name, so the new name's series start from nothing (a counter
     /// under a new label set starting at zero is what Prometheus expects).
     pub fn reset_backend(&self, index: usize) {
-        let Some(per) = self.backends[..MAX_BACKENDS].get(index) else {
+        let Some(per) = self.backends[..MAX_BACKEND_IDS].get(index) else {
             return;
         };
         let zero = |a: &AtomicU64| a.store(0, Ordering::Relaxed);
@@ -299,7 +301,7 @@ impl Metrics {
     }
 
     fn no_backend(&self) -> &PerBackend {
-        &self.backends[MAX_BACKENDS]
+        &self.backends[MAX_BACKEND_IDS]
     }
 
     /// Counts one response sent to a client. `backend` is the index of the

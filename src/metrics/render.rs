@@ -18,7 +18,7 @@ impl Metrics {
     /// (`Content-Type: text/plain; version=0.0.4`).
     ///
     /// Only the backends in `backends` are rendered, under their names (a view
-    /// whose index is not below [`MAX_BACKENDS`] is skipped); the
+    /// whose index is not below [`MAX_BACKEND_IDS`] is skipped); the
     /// gauges that are readings (`live_sessions`, `uptime_secs` and each
     /// view's state and sessions) come from the caller.
     pub fn render(&self, backends: &[BackendView], live_sessions: u64, uptime_secs: f64) -> String {
@@ -26,7 +26,11 @@ impl Metrics {
         let o = &mut out;
         let views: Vec<Row<'_>> = backends
             .iter()
-            .filter_map(|v| self.backends[..MAX_BACKENDS].get(v.index).map(|p| (v, p)))
+            .filter_map(|v| {
+                self.backends[..MAX_BACKEND_IDS]
+                    .get(v.index)
+                    .map(|p| (v, p))
+            })
             .collect();
 
         self.render_process(o, uptime_secs);
