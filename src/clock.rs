@@ -6,9 +6,12 @@
 //! `Instant`: a step after start (forwards or backwards) neither ends nor
 //! extends a session. The price: an error in the wall clock *at start* stays
 //! until restart, so tether should start after time sync, and instances must
-//! agree within `session::FUTURE_SKEW_MS`. Tests use [`Clock::manual`] and
-//! move time by hand, or [`Clock::with_wall`] to step the wall a real clock
-//! would read.
+//! agree within `session::FUTURE_SKEW_MS`.
+//!
+//! `server::start` takes the clock, so tests never wait out a session
+//! timeout: [`Clock::manual`] stands still until stepped (exact edges), and
+//! [`Clock::with_wall`] runs like the real clock from a wall the test
+//! controls, plus whatever the test steps.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,40 +23,63 @@ pub struct Clock(Inner);
 
 #[derive(Clone, Debug)]
 enum Inner {
-    System { base_ms: u64, start: Instant },
+    System {
+        base_ms: u64,
+        start: Instant,
+    },
+    /// `System` plus the steps a test took. Its own variant so the
+    /// production clock carries no counter to read.
+    Stepped {
+        base_ms: u64,
+        start: Instant,
+        steps: Arc<AtomicU64>,
+    },
     Manual(Arc<AtomicU64>),
+}
+
+/// The machine's wall clock in unix milliseconds.
+fn system_wall() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Clock {
     /// The real clock: wall time at start, advanced monotonically.
     pub fn system() -> Clock {
-        Clock::with_wall(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0)
+        Clock(Inner::System {
+            base_ms: system_wall(),
+            start: Instant::now(),
         })
     }
 
     /// The real clock, reading the wall (unix ms) from `wall` instead of the
     /// system: a seam for tests that step the wall without touching the
-    /// machine's. Like [`Clock::system`], it reads `wall` once, now.
+    /// machine's. Like [`Clock::system`], it reads `wall` once, now; unlike
+    /// it, [`Clock::advance_ms`] moves it forward.
     pub fn with_wall(wall: impl Fn() -> u64) -> Clock {
-        Clock(Inner::System {
+        Clock(Inner::Stepped {
             base_ms: wall(),
             start: Instant::now(),
+            steps: Arc::default(),
         })
     }
 
-    /// A clock that only moves when told to (unit tests).
+    /// A clock that stands still at `start_ms` until told to move (tests:
+    /// exact timeout edges, whatever the machine's speed).
     pub fn manual(start_ms: u64) -> Clock {
         Clock(Inner::Manual(Arc::new(AtomicU64::new(start_ms))))
     }
 
-    /// Moves a manual clock forward; a no-op on the system clock.
+    /// Moves a manual or stepped clock forward (every clone of it); a no-op
+    /// on the system clock.
     pub fn advance_ms(&self, ms: u64) {
-        if let Inner::Manual(now) = &self.0 {
-            now.fetch_add(ms, Ordering::SeqCst);
+        match &self.0 {
+            Inner::System { .. } => {}
+            Inner::Stepped { steps: n, .. } | Inner::Manual(n) => {
+                n.fetch_add(ms, Ordering::SeqCst);
+            }
         }
     }
 
@@ -62,6 +88,11 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         match &self.0 {
             Inner::System { base_ms, start } => base_ms + start.elapsed().as_millis() as u64,
+            Inner::Stepped {
+                base_ms,
+                start,
+                steps,
+            } => base_ms + start.elapsed().as_millis() as u64 + steps.load(Ordering::SeqCst),
             Inner::Manual(now) => now.load(Ordering::SeqCst),
         }
     }
@@ -95,6 +126,21 @@ mod tests {
             let b = c.now_ms();
             assert!(b >= a && b - a < 1_000, "stepped {step}: {a} -> {b}");
         }
+    }
+
+    #[test]
+    fn a_stepped_clock_runs_and_moves_when_told() {
+        let c = Clock::with_wall(|| 1_700_000_000_000);
+        let shared = c.clone();
+        let a = c.now_ms();
+        shared.advance_ms(3_600_000);
+        let b = c.now_ms();
+        assert!(b >= a + 3_600_000 && b - a < 3_601_000, "{a} -> {b}");
+        // The system clock takes no steps.
+        let s = Clock::system();
+        let before = s.now_ms();
+        s.advance_ms(3_600_000);
+        assert!(s.now_ms() - before < 1_000);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::server;
 use crate::tls;
@@ -143,15 +144,14 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), String> {
         let addr = spawn_backend(n).await.map_err(|e| e.to_string())?;
         backends.push((n, addr));
     }
-    let sticky = server::start(demo_config(
-        "sticky",
-        STICKY_PORT,
-        Some(ADMIN_PORT),
-        &backends,
-    )?)
+    let clock = Clock::system();
+    let sticky = server::start(
+        demo_config("sticky", STICKY_PORT, Some(ADMIN_PORT), &backends)?,
+        clock.clone(),
+    )
     .await
     .map_err(|e| format!("{e} (is another tether demo running?)"))?;
-    let rotate = server::start(demo_config("rotate", ROTATE_PORT, None, &backends)?)
+    let rotate = server::start(demo_config("rotate", ROTATE_PORT, None, &backends)?, clock)
         .await
         .map_err(|e| e.to_string())?;
     println!("{}", walkthrough());

@@ -88,19 +88,13 @@ fn effective_secret(config: &Config) -> Vec<u8> {
     s
 }
 
-/// Binds every listener and starts serving.
+/// Binds every listener and starts serving. Every session time (idle and
+/// absolute timeouts, cookie refresh, tombstones, the store's reaper) reads
+/// `clock`: [`Clock::system`] in service, a stepped one in tests.
 ///
 /// # Errors
 /// A listener cannot bind, or the TLS key does not load.
-pub async fn start(config: Config) -> Result<Running, StartError> {
-    start_with_clock(config, Clock::system()).await
-}
-
-/// [`start`] on a given clock (tests step its wall; see [`Clock::with_wall`]).
-///
-/// # Errors
-/// As [`start`].
-pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Running, StartError> {
+pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let resolver = match &config.tls {
         Some(t) => Some(Arc::new(CertResolver::new(tls::certified_key(
@@ -344,7 +338,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     mut reload: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), StartError> {
-    let running = start(config).await?;
+    let running = start(config, Clock::system()).await?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -216,7 +216,9 @@ async fn the_demo_serves_its_backends_over_tls_with_the_embedded_certificate() {
     }
     // The demo's own config, on free ports instead of 8443/9901.
     let cfg = tether::demo::demo_config("sticky", 0, Some(0), &backends).unwrap();
-    let running = tether::server::start(cfg).await.unwrap();
+    let running = tether::server::start(cfg, tether::clock::Clock::system())
+        .await
+        .unwrap();
     let addr = running.addrs()[0];
     let req = || {
         http::Request::get("/")

@@ -455,7 +455,9 @@ async fn reload_adding_a_backend_moves_no_pin_and_a_broken_file_keeps_serving() 
     let path = dir.join("tether.toml");
     std::fs::write(&path, config("", &[&a, &b, &c])).unwrap();
     let cfg = tether::config::load(&path).unwrap();
-    let running = tether::server::start(cfg).await.unwrap();
+    let running = tether::server::start(cfg, tether::clock::Clock::system())
+        .await
+        .unwrap();
     let addr = running.addrs()[0];
     let mut sessions = vec![];
     for _ in 0..200 {

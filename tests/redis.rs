@@ -106,31 +106,66 @@ async fn activity_on_b_keeps_the_session_alive_past_a_idle_window() {
         return;
     };
     let (b1, b2) = (Backend::start("app1").await, Backend::start("app2").await);
-    let (a, b) = pair(&redis, "idle_timeout = \"400ms\"", &[&b1, &b2]).await;
+    // One clock for both instances, stepped: 10 s of session time pass in
+    // no real time (Redis's own expiry, in real time, never comes first).
+    let clock = manual_clock();
+    let toml = redis_config(&redis.url(), "idle_timeout = \"10s\"", &[&b1, &b2]);
+    let a = Tether::start_on(&toml, clock.clone()).await;
+    let b = Tether::start_on(&toml, clock.clone()).await;
     let (mut s, pinned) = begun(&a).await;
+    seen_in_redis(&redis, clock.now_ms()).await;
 
-    // 1 s of requests on B every 100 ms: A sees none of them.
+    // 12 s of requests on B, one every 3 s: A sees none of them.
     s.addr = b.addr();
-    let until = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < until {
+    for _ in 0..4 {
+        clock.advance_ms(3_000);
         let r = s.get("/").await;
         assert_eq!(
             (r.state(), r.backend()),
             ("continued".into(), pinned.clone())
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A's own view went idle long ago; Redis says the session is alive.
+    seen_in_redis(&redis, clock.now_ms()).await;
+    // A's own view went idle long ago, and so did every touch before B's
+    // last; Redis says the session is alive.
+    clock.advance_ms(3_000);
     s.addr = a.addr();
     let r = s.get("/").await;
     assert_eq!((r.state(), r.backend()), ("continued".into(), pinned));
 
-    // And idleness is still enforced: 400 ms with no request anywhere.
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    // And idleness is still enforced, to the millisecond, with no request
+    // anywhere: one short of idle_timeout is alive, idle_timeout is over.
+    clock.advance_ms(9_999);
     s.addr = b.addr();
+    assert_eq!(s.get("/").await.state(), "continued");
+    clock.advance_ms(10_000);
     assert_eq!(s.get("/").await.state(), "expired");
     a.stop().await;
     b.stop().await;
+}
+
+/// Waits until Redis's record of the one session it holds was last seen
+/// at `ms` (writes go to Redis behind the response).
+async fn seen_in_redis(redis: &RedisServer, ms: u64) {
+    async fn seen(redis: &RedisServer) -> Option<u64> {
+        let keys = redis.command(&["KEYS", "tether:s:*"]).await?;
+        let key = keys.lines().find(|l| l.starts_with("tether:s:"))?;
+        let value = redis.command(&["GET", key]).await?;
+        let record = value.lines().find(|l| l.contains('|'))?;
+        record.split('|').nth(1)?.parse().ok()
+    }
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let now = seen(redis).await;
+        if now == Some(ms) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis never saw the session at {ms}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::*;
 
 async fn three() -> (Backend, Backend, Backend) {
@@ -75,13 +73,22 @@ async fn cookies_tether_did_not_issue_start_a_new_session() {
 #[tokio::test]
 async fn idle_timeout_expires_the_session_with_a_fresh_id() {
     let (a, b, c) = three().await;
-    let t = Tether::start(&config("idle_timeout = \"300ms\"", &[&a, &b, &c])).await;
+    let clock = manual_clock();
+    let t = Tether::start_on(
+        &config("idle_timeout = \"300ms\"", &[&a, &b, &c]),
+        clock.clone(),
+    )
+    .await;
     let mut s = Session::new(t.addr());
     s.get("/").await;
-    let old = s.cookie.clone().unwrap();
     assert_eq!(s.get("/").await.state(), "continued");
-    // The behaviour under test is the passing of time itself.
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    // Idle one millisecond short of idle_timeout: the same session, and its
+    // idle clock starts again.
+    clock.advance_ms(299);
+    assert_eq!(s.get("/").await.state(), "continued");
+    let old = s.cookie.clone().unwrap();
+    // Idle for exactly idle_timeout: over.
+    clock.advance_ms(300);
     let r = s.get("/").await;
     assert_eq!(r.state(), "expired");
     assert_ne!(s.cookie.clone().unwrap(), old, "never the old id");
@@ -91,22 +98,54 @@ async fn idle_timeout_expires_the_session_with_a_fresh_id() {
 #[tokio::test]
 async fn absolute_timeout_expires_an_active_session() {
     let (a, b, c) = three().await;
-    let t = Tether::start(&config(
-        "idle_timeout = \"10s\"\nabsolute_timeout = \"500ms\"",
-        &[&a, &b, &c],
-    ))
+    let clock = manual_clock();
+    let t = Tether::start_on(
+        &config(
+            "idle_timeout = \"10s\"\nabsolute_timeout = \"500ms\"",
+            &[&a, &b, &c],
+        ),
+        clock.clone(),
+    )
     .await;
     let mut s = Session::new(t.addr());
-    s.get("/").await;
-    let start = std::time::Instant::now();
-    let mut states = vec![];
-    while start.elapsed() < Duration::from_millis(800) {
-        states.push(s.get("/").await.state());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s.get("/").await.state(), "new");
+    // Active all along, up to one millisecond short of absolute_timeout.
+    for step in [100, 100, 100, 100, 99] {
+        clock.advance_ms(step);
+        assert_eq!(s.get("/").await.state(), "continued");
     }
-    assert!(states.iter().any(|s| s == "expired"), "{states:?}");
-    let first_expired = states.iter().position(|s| s == "expired").unwrap();
-    assert!(states[..first_expired].iter().all(|s| s == "continued"));
+    // absolute_timeout after it began: over, however active.
+    clock.advance_ms(1);
+    assert_eq!(s.get("/").await.state(), "expired");
+    assert_eq!(s.get("/").await.state(), "continued");
+}
+
+/// The cookie carries when it was last seen, re-issued once a tenth of
+/// `idle_timeout` has passed: often enough that an instance judging by the
+/// cookie alone errs by at most that much, rarely enough that most
+/// responses carry no Set-Cookie.
+#[tokio::test]
+async fn the_cookie_is_refreshed_every_tenth_of_idle_timeout() {
+    let (a, b, c) = three().await;
+    let clock = manual_clock();
+    let t = Tether::start_on(
+        &config("idle_timeout = \"1s\"", &[&a, &b, &c]),
+        clock.clone(),
+    )
+    .await;
+    let mut s = Session::new(t.addr());
+    assert!(s.get("/").await.set_cookie("tether_sid").is_some());
+    clock.advance_ms(99);
+    let r = s.get("/").await;
+    assert_eq!(r.state(), "continued");
+    assert_eq!(r.set_cookie("tether_sid"), None, "refreshed too soon");
+    clock.advance_ms(1);
+    let r = s.get("/").await;
+    assert_eq!(r.state(), "continued");
+    assert!(r.set_cookie("tether_sid").is_some(), "never refreshed");
+    // The refresh restarts the granule.
+    clock.advance_ms(99);
+    assert_eq!(s.get("/").await.set_cookie("tether_sid"), None);
 }
 
 #[tokio::test]

@@ -44,7 +44,9 @@ fn churn_config(
 
 /// Starts tether from an already built config.
 async fn start_config(cfg: tether::config::Config) -> Tether {
-    let running = tether::server::start(cfg).await.expect("tether starts");
+    let running = tether::server::start(cfg, tether::clock::Clock::system())
+        .await
+        .expect("tether starts");
     let addrs = running.addrs().to_vec();
     Tether {
         running: Some(running),

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
+use tether::clock::Clock;
 use tokio::net::TcpStream;
 
 use crate::support::*;
@@ -367,22 +368,6 @@ async fn a_cookie_stamped_in_the_future_is_not_trusted() {
     t.stop().await;
 }
 
-/// A tether whose clock reads its wall from `wall` (a test seam; the
-/// machine's clock is never touched).
-async fn tether_on_wall(toml: &str, wall: impl Fn() -> u64) -> Tether {
-    let cfg = tether::config::from_str(toml, &repo().join("test.toml"), None)
-        .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
-    let clock = tether::clock::Clock::with_wall(wall);
-    let running = tether::server::start_with_clock(cfg, clock)
-        .await
-        .expect("tether starts");
-    let addrs = running.addrs().to_vec();
-    Tether {
-        running: Some(running),
-        addrs,
-    }
-}
-
 /// A wall-clock step (NTP, forwards or backwards) neither ends nor extends
 /// a session: an hour forward keeps it `continued`, an hour back does not
 /// keep it alive past its idle timeout.
@@ -394,7 +379,14 @@ async fn a_wall_clock_step_neither_ends_nor_extends_a_session() {
     let offset = Arc::new(AtomicI64::new(0));
     let o = offset.clone();
     let wall = move || wall_ms().saturating_add_signed(o.load(Ordering::SeqCst));
-    let t = tether_on_wall(&config("idle_timeout = \"800ms\"", &refs(&pool)), wall).await;
+    // The real clock's kind (wall read once, then monotonic), on a wall
+    // this test steps, and session time the test steps too.
+    let clock = Clock::with_wall(wall);
+    let t = Tether::start_on(
+        &config("idle_timeout = \"10s\"", &refs(&pool)),
+        clock.clone(),
+    )
+    .await;
     let mut s = Session::new(t.addr());
     let home = s.get("/").await.backend();
     assert_eq!(s.get("/").await.state(), "continued");
@@ -409,8 +401,12 @@ async fn a_wall_clock_step_neither_ends_nor_extends_a_session() {
     offset.store(-3_600_000, Ordering::SeqCst);
     let r = s.get("/").await;
     assert_eq!((r.state(), r.backend()), ("continued".into(), home));
-    // Idle for longer than idle_timeout: over, however far back the wall went.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Idle for idle_timeout: over, however far back the wall went (a
+    // second short is not: the slack is for the real time this clock
+    // also counts).
+    clock.advance_ms(9_000);
+    assert_eq!(s.get("/").await.state(), "continued");
+    clock.advance_ms(10_000);
     assert_eq!(s.get("/").await.state(), "expired");
     t.stop().await;
 }
@@ -424,7 +420,7 @@ async fn an_instance_an_hour_ahead_cannot_extend_sessions_on_another() {
     let pool = pool(3).await;
     let toml = config("idle_timeout = \"1h\"", &refs(&pool));
     let here = Tether::start(&toml).await;
-    let ahead = tether_on_wall(&toml, || wall_ms() + 3_600_000).await;
+    let ahead = Tether::start_on(&toml, Clock::with_wall(|| wall_ms() + 3_600_000)).await;
     let mut s = Session::new(ahead.addr());
     assert_eq!(s.get("/").await.state(), "new");
     assert_eq!(s.get("/").await.state(), "continued");

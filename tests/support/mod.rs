@@ -177,6 +177,17 @@ async fn answer(name: &str, hits: &AtomicU64, req: Request<Incoming>) -> Respons
 
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 
+/// A session clock that stands still at the machine's wall time until the
+/// test steps it with `advance_ms`: timeout edges land to the millisecond,
+/// however slow the machine. Clones share the time (two instances on one
+/// clock agree).
+pub fn manual_clock() -> tether::clock::Clock {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    tether::clock::Clock::manual(wall)
+}
+
 /// A running in-process tether.
 pub struct Tether {
     pub running: Option<tether::server::Running>,
@@ -188,9 +199,17 @@ impl Tether {
     /// Starts tether from a TOML text (listeners on `127.0.0.1:0`); relative
     /// paths resolve against the repository (so `certs/localhost.crt` works).
     pub async fn start(toml: &str) -> Tether {
+        Tether::start_on(toml, tether::clock::Clock::system()).await
+    }
+
+    /// [`Tether::start`] on a given session clock: a test that steps it
+    /// (see [`manual_clock`]) passes idle and absolute timeouts at once.
+    pub async fn start_on(toml: &str, clock: tether::clock::Clock) -> Tether {
         let cfg = tether::config::from_str(toml, &repo().join("test.toml"), None)
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
-        let running = tether::server::start(cfg).await.expect("tether starts");
+        let running = tether::server::start(cfg, clock)
+            .await
+            .expect("tether starts");
         let addrs = running.addrs().to_vec();
         Tether {
             running: Some(running),
