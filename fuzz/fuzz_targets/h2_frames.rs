@@ -151,7 +151,9 @@ fn live() -> &'static Live {
             );
             let cfg = tether::config::from_str(&toml, Path::new("fuzz.toml"), None)
                 .expect("the fuzz config is valid");
-            tether::server::start(cfg).await.expect("tether starts")
+            tether::server::start(cfg, tether::clock::Clock::system())
+                .await
+                .expect("tether starts")
         });
         Live {
             addr: running.addrs()[0],
