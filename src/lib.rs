@@ -36,6 +36,7 @@ pub mod error;
 pub mod framing;
 pub mod headers;
 pub mod health;
+pub mod hygiene;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;

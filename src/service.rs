@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{COOKIE, HOST, USER_AGENT};
-use http::{Request, Response, StatusCode, Version};
+use http::header::{COOKIE, USER_AGENT};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::backends::{Backend, State as BackendState};
@@ -19,6 +19,7 @@ use crate::body::{Body, BodyWatch, OnEnd, BODY_BROKEN, BODY_STALLED};
 use crate::clock::Clock;
 use crate::error::ProxyError;
 use crate::headers;
+use crate::hygiene;
 use crate::metrics::{Metrics, PinLost, SessionEvent};
 use crate::session::cookie::{find_cookie, Claims, SessionId};
 use crate::session::source::{app_cookie_set, app_key, KeySource};
@@ -106,7 +107,8 @@ enum Sess {
 
 /// Serves one request. Never fails: errors become the SPEC's status codes.
 /// `ambiguous`: the framing tracker saw both Content-Length and
-/// Transfer-Encoding on this request's head (see `framing.rs`).
+/// Transfer-Encoding on this request's head (see `framing.rs`); `hygiene.rs`
+/// refuses it.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
@@ -122,13 +124,9 @@ pub async fn handle(
             Instant::now(),
         )
     });
-    let outcome = if ambiguous {
-        Err((
-            ProxyError::BadRequest("both Content-Length and Transfer-Encoding"),
-            None,
-        ))
-    } else {
-        proxy(&shared, &snap, conn, req).await
+    let outcome = match hygiene::check(&req, snap.max_header_bytes, ambiguous) {
+        Ok(()) => proxy(&shared, &snap, conn, req).await,
+        Err(e) => Err((e, None)),
     };
     let (resp, backend, state) = match outcome {
         Ok(done) => done,
@@ -204,31 +202,6 @@ async fn proxy<'s>(
     conn: ConnInfo,
     mut req: Request<Incoming>,
 ) -> Result<Done, (ProxyError, Option<&'s Arc<Backend>>)> {
-    // Request hygiene the codec does not already enforce.
-    if headers::head_size_of(&req) > snap.max_header_bytes {
-        return Err((
-            ProxyError::HeadTooLarge {
-                limit: snap.max_header_bytes,
-            },
-            None,
-        ));
-    }
-    if req.version() == Version::HTTP_11 {
-        let mut hosts = req.headers().get_all(HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (Some(h), None) if headers::valid_host(h.as_bytes()) => {}
-            _ => {
-                return Err((
-                    ProxyError::BadRequest("HTTP/1.1 needs exactly one valid Host"),
-                    None,
-                ))
-            }
-        }
-    }
-    if !headers::valid_target(req.uri()) {
-        return Err((ProxyError::BadRequest("malformed request target"), None));
-    }
-
     let now = shared.clock.now_ms();
     let mut plan = if snap.sticky {
         sticky_plan(shared, snap, conn, &req, now)
