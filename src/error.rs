@@ -2,9 +2,10 @@
 //!
 //! `ConfigError` (defined beside the loader, re-exported here) is what an
 //! operator sees when a file is wrong. `ProxyError` is what can go wrong with
-//! one request: it knows its status, who is at fault and whether another
-//! backend may safely be tried, and [`ProxyError::response`] is the one place
-//! that turns it into the SPEC's status and a short plain-text body.
+//! one request: [`ProxyError::response`] is the one place that turns it into
+//! the SPEC's status and a short plain-text body. Whether another backend may
+//! be tried is decided from the upstream failure (`upstream::Failure`), which
+//! knows whether bytes left, not from this error.
 
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
@@ -12,17 +13,6 @@ use http::{Response, StatusCode};
 use crate::body::Body;
 
 pub use crate::config::ConfigError;
-
-/// Who caused a request to fail: used for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The client sent something we refuse.
-    Client,
-    /// The backend failed or misbehaved.
-    Backend,
-    /// tether itself cannot serve (no eligible backend).
-    Proxy,
-}
 
 /// Why one request could not be proxied.
 #[derive(Debug, thiserror::Error)]
@@ -90,26 +80,6 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
-    }
-
-    /// Who is at fault.
-    pub fn fault(&self) -> Fault {
-        match self {
-            ProxyError::BadRequest(_)
-            | ProxyError::HeadTooLarge { .. }
-            | ProxyError::Forbidden
-            | ProxyError::BodyTimeout
-            | ProxyError::RateLimited { .. } => Fault::Client,
-            ProxyError::NoBackend => Fault::Proxy,
-            ProxyError::Connect { .. }
-            | ProxyError::Upstream { .. }
-            | ProxyError::Timeout { .. } => Fault::Backend,
-        }
-    }
-
-    /// True when the request never reached a backend, so the next one may be tried.
-    pub fn retry_safe(&self) -> bool {
-        matches!(self, ProxyError::Connect { .. })
     }
 
     /// The response the client gets: status, short text, `Retry-After` where the SPEC asks.
@@ -181,7 +151,6 @@ mod tests {
             source: io(),
         };
         assert_eq!(c.status(), 502);
-        assert!(c.retry_safe());
         assert_eq!(
             ProxyError::Timeout {
                 backend: "a".into()
@@ -189,10 +158,6 @@ mod tests {
             .status(),
             504
         );
-        assert!(!ProxyError::Timeout {
-            backend: "a".into()
-        }
-        .retry_safe());
     }
 
     #[test]

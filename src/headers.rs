@@ -104,105 +104,6 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
         || n == PROXY_CONNECTION
 }
 
-/// Bytes allowed in a reg-name or IPv4 host (RFC 3986 unreserved, sub-delims
-/// but `,`, and `%` for escapes), as a table: this runs on every request.
-static HOST_BYTE: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b';'
-                    | b'='
-                    | b'%'
-            );
-        b += 1;
-    }
-    t
-};
-
-/// Is `v` a valid `Host` (RFC 9110 section 7.2): `uri-host [":" port]`, no
-/// userinfo, path, list or whitespace?
-pub fn valid_host(v: &[u8]) -> bool {
-    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
-        // IP-literal
-        let Some(end) = rest.iter().position(|b| *b == b']') else {
-            return false;
-        };
-        let (lit, after) = (&rest[..end], &rest[end + 1..]);
-        if lit.is_empty()
-            || !lit
-                .iter()
-                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-        {
-            return false;
-        }
-        match after {
-            [] => return true,
-            [b':', port @ ..] => (&b"x"[..], port),
-            _ => return false,
-        }
-    } else {
-        match v.iter().rposition(|b| *b == b':') {
-            Some(i) => (&v[..i], &v[i + 1..]),
-            None => (v, &b""[..]),
-        }
-    };
-    let host_ok = !host.is_empty() && host.iter().all(|&b| HOST_BYTE[b as usize]);
-    let port_ok = v.iter().all(|b| *b != b':') && port.is_empty()
-        || (!port.is_empty()
-            && port.len() <= 5
-            && port.iter().all(u8::is_ascii_digit)
-            && std::str::from_utf8(port)
-                .ok()
-                .and_then(|p| p.parse::<u16>().ok())
-                .is_some());
-    host_ok && port_ok
-}
-
-/// Is the request target well formed beyond what the parser checks: every
-/// `%` starts a two-digit hex escape, and an absolute-form authority is a
-/// valid host?
-pub fn valid_target(uri: &Uri) -> bool {
-    let escapes_ok = uri.path_and_query().map_or(true, |pq| {
-        let b = pq.as_str().as_bytes();
-        b.iter().enumerate().all(|(i, c)| {
-            *c != b'%'
-                || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                    && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-        })
-    });
-    escapes_ok
-        && uri
-            .authority()
-            .map_or(true, |a| valid_host(a.as_str().as_bytes()))
-}
-
-/// Size of a request head as the client sent it (start line + fields), for
-/// `limits.max_header_bytes`.
-pub fn head_size_of<B>(req: &http::Request<B>) -> usize {
-    let uri = req.uri();
-    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + uri.authority().map_or(0, |a| a.as_str().len());
-    let line = req.method().as_str().len() + target + 11;
-    req.headers()
-        .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
-}
-
 /// Rewrites a client request head into what the backend receives (once per
 /// request; the session state is set per attempt with [`set_session_state`]).
 /// Returns whether the request is an upgrade.
@@ -594,33 +495,6 @@ mod tests {
         to_upstream(&mut p, "::1".parse().unwrap(), true, None);
         let hosts: Vec<_> = p.headers.get_all(HOST).iter().collect();
         assert_eq!(hosts, vec!["a.example"]);
-    }
-
-    #[test]
-    fn host_values() {
-        for ok in [
-            "x",
-            "example.com",
-            "example.com:8443",
-            "127.0.0.1:80",
-            "[::1]",
-            "[::1]:8443",
-            "a_b.local",
-        ] {
-            assert!(valid_host(ok.as_bytes()), "{ok}");
-        }
-        for bad in [
-            "", "a, b", "a b", "a/b", "u@a", "x:8a", "x:", "x:99999", "[::1", "[::1]x", ":80",
-        ] {
-            assert!(!valid_host(bad.as_bytes()), "{bad}");
-        }
-    }
-
-    #[test]
-    fn targets() {
-        assert!(valid_target(&"/a%20b?c=%2F".parse().unwrap()));
-        assert!(!valid_target(&"/%%%".parse().unwrap()));
-        assert!(!valid_target(&"/a%2".parse().unwrap()));
     }
 
     #[test]

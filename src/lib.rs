@@ -9,8 +9,8 @@
 //!
 //! main.rs → server.rs → listener.rs → tls.rs → service.rs ─┬─▶ session/source+cookie  request → affinity key, verified pin
 //!                                                           ├─▶ store/                 key → record (or "unavailable")
-//!                                                           ├─▶ session/               (key, pin, record, now) → standing
-//!                                                           ├─▶ balancer/              standing → backend (ring, bounded load)
+//!                                                           ├─▶ session/decide         (key, pin, record, now, eligible?) → decision
+//!                                                           ├─▶ balancer/              decision → backend (ring, bounded load)
 //!                                                           ├─▶ headers.rs             request edits
 //!                                                           ├─▶ upstream.rs            backend → response (one safe retry)
 //!                                                           ├─▶ store/                 write what the decision and control say
@@ -36,6 +36,7 @@ pub mod error;
 pub mod framing;
 pub mod headers;
 pub mod health;
+pub mod hygiene;
 pub mod keys;
 pub mod lifecycle;
 pub mod limits;

@@ -1,7 +1,9 @@
-//! The HTTP service, the spine of the request path: affinity key -> session
-//! standing -> backend -> headers out -> upstream (+ one safe retry) ->
-//! session commit and control -> headers back. It is the only request-path
-//! room that calls the others; they take values and return values.
+//! The HTTP service, the spine of the request path: hygiene -> affinity key
+//! -> session decision -> backend -> headers out -> upstream (+ one safe
+//! retry) -> session commit and control -> headers back. It is the only
+//! request-path room that calls the others; they take values and return
+//! values. What a session comes to is `session::decide`'s call; this file
+//! asks the store, carries the decision out and counts it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,8 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{COOKIE, HOST, USER_AGENT};
-use http::{Request, Response, StatusCode, Version};
+use http::header::{COOKIE, USER_AGENT};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::backends::{Backend, State as BackendState};
@@ -19,14 +21,16 @@ use crate::body::{Body, BodyWatch, OnEnd, BODY_BROKEN, BODY_STALLED};
 use crate::clock::Clock;
 use crate::error::ProxyError;
 use crate::headers;
+use crate::hygiene;
 use crate::metrics::{Metrics, PinLost, SessionEvent};
 use crate::session::cookie::{find_cookie, Claims, SessionId};
+use crate::session::decide::{self, Decision, Gone, PinLoss, Presented, Route, Write};
 use crate::session::source::{app_cookie_set, app_key, KeySource};
-use crate::session::{self, AppStanding, Control, Pin, SessionState, Standing};
+use crate::session::{Control, Pin, SessionState};
 use crate::snapshot::Snapshot;
 use crate::store::{EndReason, Found, Insert, Record, SessionKey, SessionStore, Sightings, Store};
 use crate::upgrade::{self, Upgrades};
-use crate::upstream::{Failure, Replay, SendError};
+use crate::upstream::{Failure, Lease, Replay, SendError};
 
 /// What every request shares: the current snapshot, the store, the clock.
 #[derive(Debug)]
@@ -75,7 +79,8 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
-/// What the session layer decided for one request.
+/// A session decision carried out: what the rest of the exchange (a retry,
+/// the commit) needs to know.
 struct Plan {
     state: SessionState,
     /// Index of the backend to try first.
@@ -106,7 +111,8 @@ enum Sess {
 
 /// Serves one request. Never fails: errors become the SPEC's status codes.
 /// `ambiguous`: the framing tracker saw both Content-Length and
-/// Transfer-Encoding on this request's head (see `framing.rs`).
+/// Transfer-Encoding on this request's head (see `framing.rs`); `hygiene.rs`
+/// refuses it.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
@@ -122,13 +128,9 @@ pub async fn handle(
             Instant::now(),
         )
     });
-    let outcome = if ambiguous {
-        Err((
-            ProxyError::BadRequest("both Content-Length and Transfer-Encoding"),
-            None,
-        ))
-    } else {
-        proxy(&shared, &snap, conn, req).await
+    let outcome = match hygiene::check(&req, snap.max_header_bytes, ambiguous) {
+        Ok(()) => proxy(&shared, &snap, conn, req).await,
+        Err(e) => Err((e, None)),
     };
     let (resp, backend, state) = match outcome {
         Ok(done) => done,
@@ -180,55 +182,37 @@ fn event_of(s: SessionState) -> SessionEvent {
     }
 }
 
-fn lost_by_timeout(r: EndReason) -> PinLost {
-    match r {
-        EndReason::Idle => PinLost::Idle,
-        EndReason::Absolute => PinLost::Absolute,
-        EndReason::Ended => PinLost::Ended,
-        EndReason::Regenerated => PinLost::Regenerated,
-    }
+/// Counts a pin a session lost: the one place the metrics learn of it.
+fn count_pin_lost(shared: &Shared, snap: &Snapshot, lost: PinLoss, to: usize) {
+    let reason = match lost {
+        PinLoss::Over(EndReason::Idle) => PinLost::Idle,
+        PinLoss::Over(EndReason::Absolute) => PinLost::Absolute,
+        PinLoss::Over(EndReason::Ended) => PinLost::Ended,
+        PinLoss::Over(EndReason::Regenerated) => PinLost::Regenerated,
+        PinLoss::Moved { from, why } => {
+            tracing::debug!(
+                from = from.map_or("(removed)", |g| &*snap.backends[g].name),
+                to = &*snap.backends[to].name,
+                "session failed over"
+            );
+            match why {
+                Gone::Down => PinLost::BackendDown,
+                Gone::Disabled => PinLost::BackendDisabled,
+                Gone::Removed => PinLost::BackendRemoved,
+            }
+        }
+    };
+    shared.metrics.pin_lost(reason);
 }
 
-/// Why a live session's pinned backend cannot serve it.
-fn lost_backend(snap: &Snapshot, gone: Option<usize>) -> PinLost {
-    match gone.map(|i| snap.backends[i].state()) {
-        None => PinLost::BackendRemoved,
-        Some(BackendState::Disabled) => PinLost::BackendDisabled,
-        Some(_) => PinLost::BackendDown,
-    }
-}
-
+/// Routes one request that passed hygiene, sends it, and carries the
+/// session's outcome back on the response.
 async fn proxy<'s>(
     shared: &Shared,
     snap: &'s Snapshot,
     conn: ConnInfo,
     mut req: Request<Incoming>,
 ) -> Result<Done, (ProxyError, Option<&'s Arc<Backend>>)> {
-    // Request hygiene the codec does not already enforce.
-    if headers::head_size_of(&req) > snap.max_header_bytes {
-        return Err((
-            ProxyError::HeadTooLarge {
-                limit: snap.max_header_bytes,
-            },
-            None,
-        ));
-    }
-    if req.version() == Version::HTTP_11 {
-        let mut hosts = req.headers().get_all(HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (Some(h), None) if headers::valid_host(h.as_bytes()) => {}
-            _ => {
-                return Err((
-                    ProxyError::BadRequest("HTTP/1.1 needs exactly one valid Host"),
-                    None,
-                ))
-            }
-        }
-    }
-    if !headers::valid_target(req.uri()) {
-        return Err((ProxyError::BadRequest("malformed request target"), None));
-    }
-
     let now = shared.clock.now_ms();
     let mut plan = if snap.sticky {
         sticky_plan(shared, snap, conn, &req, now)
@@ -245,132 +229,9 @@ async fn proxy<'s>(
             })
             .ok_or((ProxyError::NoBackend, None))?
     };
-
     let client_upgrade = headers::wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let strip = snap.strip_cookie.then_some(snap.cookie_plain.name.as_str());
-    headers::to_upstream(&mut parts, conn.peer.ip(), conn.tls, strip);
-    headers::set_session_state(&mut parts.headers, plan.state);
-    // An idempotent request without a body can be rebuilt and replayed if a
-    // backend breaks before answering; anything else is sent at most once
-    // after its bytes may have reached a backend.
-    let replay = (is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body))
-        .then(|| Replay::new(&parts));
-    // Only a request with a body can break or stall mid-stream.
-    let (body, watch) = if http_body::Body::is_end_stream(&body) {
-        (Body::stream(body), None)
-    } else {
-        let watch = Arc::new(BodyWatch::default());
-        let body = Body::Request {
-            inner: body,
-            watch: watch.clone(),
-            pause: snap.client_body,
-            timer: None,
-        };
-        (body, Some(watch))
-    };
-    let mut req = Request::from_parts(parts, body);
-
-    // First attempt; one retry elsewhere if that is safe.
-    let mut attempt = 0;
-    let (mut resp, lease) = loop {
-        let b = &snap.backends[plan.backend];
-        b.requests.fetch_add(1, Ordering::Relaxed);
-        let sent_at = Instant::now();
-        match snap.upstreams[plan.backend]
-            .send(
-                req,
-                replay.as_ref(),
-                watch.as_deref(),
-                &snap.upstream_timeouts,
-            )
-            .await
-        {
-            Ok(ok) => {
-                b.passive_success();
-                shared
-                    .metrics
-                    .upstream_latency(b.id.0 as usize, sent_at.elapsed());
-                break ok;
-            }
-            Err(SendError { failure, request }) => {
-                let name = &*b.name;
-                match (watch.as_ref().map_or(0, |w| w.get()), &failure) {
-                    // The client's body broke or stalled: its fault, not the backend's.
-                    (BODY_BROKEN, Failure::Broken(_) | Failure::Dropped(_)) => {
-                        return Err((ProxyError::BadRequest("malformed request body"), Some(b)));
-                    }
-                    (BODY_STALLED, Failure::Broken(_) | Failure::Dropped(_)) => {
-                        return Err((ProxyError::BodyTimeout, Some(b)));
-                    }
-                    _ => {}
-                }
-                b.failures.fetch_add(1, Ordering::Relaxed);
-                // A kept-alive connection the backend closed under a request
-                // says nothing about its health (its next connect will).
-                let unreachable = matches!(failure, Failure::Connect(_) | Failure::Broken(_));
-                if unreachable && b.passive_failure(snap.passive_threshold) {
-                    tracing::warn!(
-                        backend = name,
-                        failures = snap.passive_threshold,
-                        "backend is down (passive: requests failed in a row)"
-                    );
-                }
-                if matches!(failure, Failure::Dropped(_)) {
-                    tracing::warn!(
-                        backend = name,
-                        "backend closed an idle connection as a request was sent; \
-                         set timeouts.upstream_idle below its keep-alive timeout"
-                    );
-                }
-                let (err, again) = match failure {
-                    Failure::Connect(source) => (
-                        ProxyError::Connect {
-                            backend: name.to_string(),
-                            source,
-                        },
-                        request,
-                    ),
-                    Failure::Broken(source) | Failure::Dropped(source) => {
-                        let again = replay.as_ref().map(Replay::build);
-                        (
-                            ProxyError::Upstream {
-                                backend: name.to_string(),
-                                source,
-                            },
-                            again,
-                        )
-                    }
-                    Failure::Timeout => (
-                        ProxyError::Timeout {
-                            backend: name.to_string(),
-                        },
-                        None,
-                    ),
-                };
-                let retry = match (again, attempt) {
-                    (Some(r), 0) => next_backend(snap, &plan).map(|n| (r, n)),
-                    _ => None,
-                };
-                let Some((mut r, next)) = retry else {
-                    return Err((err, Some(b)));
-                };
-                tracing::warn!(backend = name, peer = %conn.peer, error = %err, "retrying on the next backend");
-                attempt += 1;
-                plan.backend = next;
-                if snap.sticky {
-                    let (state, pin_lost) = plan.state.after_retry();
-                    if pin_lost {
-                        shared.metrics.pin_lost(PinLost::BackendDown);
-                    }
-                    plan.state = state;
-                    headers::set_session_state(r.headers_mut(), plan.state);
-                    repin_after_retry(shared, snap, &mut plan, now).await;
-                }
-                req = r;
-            }
-        }
-    };
+    let outbound = outbound(snap, conn, req, plan.state);
+    let (mut resp, lease) = send(shared, snap, conn, &mut plan, outbound, now).await?;
 
     let backend = &snap.backends[plan.backend];
     let upstream_upgrade =
@@ -408,6 +269,171 @@ async fn proxy<'s>(
     ))
 }
 
+/// The request as the first backend receives it, and what a second attempt
+/// needs.
+struct Outbound {
+    req: Request<Body>,
+    /// Set when the request can be rebuilt and sent again.
+    replay: Option<Replay>,
+    /// Set when the request has a body that can break or stall.
+    watch: Option<Arc<BodyWatch>>,
+}
+
+/// Rewrites the client's request for the backend.
+fn outbound(
+    snap: &Snapshot,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    state: SessionState,
+) -> Outbound {
+    let (mut parts, body) = req.into_parts();
+    let strip = snap.strip_cookie.then_some(snap.cookie_plain.name.as_str());
+    headers::to_upstream(&mut parts, conn.peer.ip(), conn.tls, strip);
+    headers::set_session_state(&mut parts.headers, state);
+    // An idempotent request without a body can be rebuilt and replayed if a
+    // backend breaks before answering; anything else is sent at most once
+    // after its bytes may have reached a backend.
+    let replay = (is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body))
+        .then(|| Replay::new(&parts));
+    // Only a request with a body can break or stall mid-stream.
+    let (body, watch) = if http_body::Body::is_end_stream(&body) {
+        (Body::stream(body), None)
+    } else {
+        let watch = Arc::new(BodyWatch::default());
+        let body = Body::Request {
+            inner: body,
+            watch: watch.clone(),
+            pause: snap.client_body,
+            timer: None,
+        };
+        (body, Some(watch))
+    };
+    Outbound {
+        req: Request::from_parts(parts, body),
+        replay,
+        watch,
+    }
+}
+
+/// Sends the request to the plan's backend; after a failure that left the
+/// request replayable, once more on the next backend, moving the session
+/// with it.
+async fn send<'s>(
+    shared: &Shared,
+    snap: &'s Snapshot,
+    conn: ConnInfo,
+    plan: &mut Plan,
+    out: Outbound,
+    now: u64,
+) -> Result<(Response<Incoming>, Lease), (ProxyError, Option<&'s Arc<Backend>>)> {
+    let Outbound {
+        mut req,
+        replay,
+        watch,
+    } = out;
+    let mut attempt = 0;
+    loop {
+        let b = &snap.backends[plan.backend];
+        b.requests.fetch_add(1, Ordering::Relaxed);
+        let sent_at = Instant::now();
+        let sent = snap.upstreams[plan.backend]
+            .send(
+                req,
+                replay.as_ref(),
+                watch.as_deref(),
+                &snap.upstream_timeouts,
+            )
+            .await;
+        let SendError { failure, request } = match sent {
+            Ok(ok) => {
+                b.passive_success();
+                shared
+                    .metrics
+                    .upstream_latency(b.id.0 as usize, sent_at.elapsed());
+                return Ok(ok);
+            }
+            Err(e) => e,
+        };
+        let (err, again) = failed(snap, b, watch.as_deref(), failure, request, replay.as_ref())
+            .map_err(|e| (e, Some(b)))?;
+        let retry = match (again, attempt) {
+            (Some(r), 0) => next_backend(snap, plan).map(|n| (r, n)),
+            _ => None,
+        };
+        let Some((mut r, next)) = retry else {
+            return Err((err, Some(b)));
+        };
+        tracing::warn!(backend = &*b.name, peer = %conn.peer, error = %err, "retrying on the next backend");
+        attempt += 1;
+        move_after_retry(shared, snap, plan, next, &mut r, now).await;
+        req = r;
+    }
+}
+
+/// What a failed attempt on backend `b` means. `Err`: the client's body
+/// broke or stalled, its fault and not the backend's. `Ok`: the backend's
+/// error, and the request to try elsewhere when nothing reached `b` or the
+/// request can be rebuilt.
+fn failed(
+    snap: &Snapshot,
+    b: &Backend,
+    watch: Option<&BodyWatch>,
+    failure: Failure,
+    request: Option<Request<Body>>,
+    replay: Option<&Replay>,
+) -> Result<(ProxyError, Option<Request<Body>>), ProxyError> {
+    match (watch.map_or(0, BodyWatch::get), &failure) {
+        (BODY_BROKEN, Failure::Broken(_) | Failure::Dropped(_)) => {
+            return Err(ProxyError::BadRequest("malformed request body"));
+        }
+        (BODY_STALLED, Failure::Broken(_) | Failure::Dropped(_)) => {
+            return Err(ProxyError::BodyTimeout);
+        }
+        _ => {}
+    }
+    let name = &*b.name;
+    b.failures.fetch_add(1, Ordering::Relaxed);
+    // A kept-alive connection the backend closed under a request
+    // says nothing about its health (its next connect will).
+    let unreachable = matches!(failure, Failure::Connect(_) | Failure::Broken(_));
+    if unreachable && b.passive_failure(snap.passive_threshold) {
+        tracing::warn!(
+            backend = name,
+            failures = snap.passive_threshold,
+            "backend is down (passive: requests failed in a row)"
+        );
+    }
+    if matches!(failure, Failure::Dropped(_)) {
+        tracing::warn!(
+            backend = name,
+            "backend closed an idle connection as a request was sent; \
+             set timeouts.upstream_idle below its keep-alive timeout"
+        );
+    }
+    Ok(match failure {
+        Failure::Connect(source) => (
+            ProxyError::Connect {
+                backend: name.to_string(),
+                source,
+            },
+            request,
+        ),
+        Failure::Broken(source) | Failure::Dropped(source) => (
+            ProxyError::Upstream {
+                backend: name.to_string(),
+                source,
+            },
+            replay.map(Replay::build),
+        ),
+        Failure::Timeout => (
+            ProxyError::Timeout {
+                backend: name.to_string(),
+            },
+            None,
+        ),
+    })
+}
+
 /// RFC 9110 section 9.2.2: methods whose repetition has the same effect.
 fn is_idempotent(m: &http::Method) -> bool {
     matches!(
@@ -421,54 +447,42 @@ fn is_idempotent(m: &http::Method) -> bool {
     )
 }
 
-/// The ring key of a tether session id: its first 64 random bits.
-#[inline]
-fn ring_key_of(id: SessionId) -> u64 {
-    id.as_u128() as u64
-}
+/// The backend table as `session::decide` sees it: this snapshot's
+/// backends, their status and its ring.
+struct View<'s>(&'s Snapshot);
 
-/// Mints a new session: a fresh id from the OS CSPRNG, placed on the ring
-/// with bounded load. It enters the store only when its cookie first comes
-/// back (the cookie alone routes it until then), so clients that never
-/// return cookies cannot fill the store.
-fn mint(
-    shared: &Shared,
-    snap: &Snapshot,
-    conn: ConnInfo,
-    binding: u64,
-    state: SessionState,
-    now: u64,
-) -> Result<Plan, ProxyError> {
-    if let Err(retry_after_secs) = snap.limits.new_session(conn.peer.ip()) {
-        shared.metrics.rate_limited(true);
-        return Err(ProxyError::RateLimited { retry_after_secs });
+impl decide::Table for View<'_> {
+    #[inline]
+    fn resolve(&self, pin: Pin) -> Option<usize> {
+        match pin {
+            Pin::Stored(id) => self.0.by_id(id),
+            Pin::Tag(tag) => self.0.by_tag(tag),
+        }
     }
-    let id = SessionId::random();
-    let ring_key = ring_key_of(id);
-    let i = snap
-        .balancer
-        .pick_new(ring_key, &snap.backends, snap.balance_factor, |b| {
-            shared.store.sessions_on(b.id)
-        })
-        .ok_or(ProxyError::NoBackend)?;
-    Ok(Plan {
-        state,
-        backend: i,
-        ring_key,
-        session: Sess::Cookie {
-            claims: Claims {
-                id,
-                backend: snap.backends[i].tag,
-                issued_ms: now,
-                seen_ms: now,
-                binding,
-            },
-            send_cookie: true,
-            stored: false,
-        },
-    })
+
+    #[inline]
+    fn unavailable(&self, i: usize) -> Option<Gone> {
+        let b = &self.0.backends[i];
+        if b.eligible_for_existing() {
+            None
+        } else if b.state() == BackendState::Disabled {
+            Some(Gone::Disabled)
+        } else {
+            Some(Gone::Down)
+        }
+    }
+
+    #[inline]
+    fn tag(&self, i: usize) -> u64 {
+        self.0.backends[i].tag
+    }
+
+    fn failover(&self, ring_key: u64, from: Option<usize>) -> Option<usize> {
+        self.0.balancer.failover(ring_key, from, &self.0.backends)
+    }
 }
 
+/// The session decision for a sticky request, carried out.
 async fn sticky_plan(
     shared: &Shared,
     snap: &Snapshot,
@@ -476,205 +490,186 @@ async fn sticky_plan(
     req: &Request<Incoming>,
     now: u64,
 ) -> Result<Plan, ProxyError> {
+    match &snap.source {
+        KeySource::Cookie(name) => cookie_plan(shared, snap, conn, req, name, now).await,
+        _ => app_plan(shared, snap, conn, req, now).await,
+    }
+}
+
+/// A session carried by tether's own cookie.
+async fn cookie_plan(
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: ConnInfo,
+    req: &Request<Incoming>,
+    name: &str,
+    now: u64,
+) -> Result<Plan, ProxyError> {
     let t = snap.timeouts;
-    if let KeySource::Cookie(name) = &snap.source {
-        let binding = snap.binder.as_ref().map_or(0, |b| {
-            b.digest(
-                conn.peer.ip(),
-                req.headers().get(USER_AGENT).map(|v| v.as_bytes()),
-            )
-        });
-        // A cookie stamped ahead of our clock would outlive its timeouts:
-        // treated as one tether did not issue.
-        let claims = find_cookie(req.headers().get_all(COOKIE).iter(), name)
-            .and_then(|v| snap.codec.decode(v))
-            .filter(|c| !session::stamped_ahead(c, now));
-        let Some(c) = claims else {
-            return mint(shared, snap, conn, binding, SessionState::New, now);
-        };
-        if c.binding != binding {
-            // Someone else's cookie (or one minted before bind_to was set):
-            // never honoured, and the owner's session is left alone.
+    let binding = snap.binder.as_ref().map_or(0, |b| {
+        b.digest(
+            conn.peer.ip(),
+            req.headers().get(USER_AGENT).map(|v| v.as_bytes()),
+        )
+    });
+    let claims =
+        find_cookie(req.headers().get_all(COOKIE).iter(), name).and_then(|v| snap.codec.decode(v));
+    let presented = decide::present(claims, binding, now, t);
+    let found = match presented {
+        Presented::Nothing => None,
+        Presented::Foreign(c) => {
             shared.metrics.binding_mismatch();
             shared.warn_mismatch_once(c.id, conn.peer);
             if snap.reject_mismatch {
                 return Err(ProxyError::Forbidden);
             }
-            return mint(shared, snap, conn, binding, SessionState::New, now);
+            None
         }
-        if let Err(retry_after_secs) = snap.limits.session(c.id.as_u128()) {
-            shared.metrics.rate_limited(false);
-            return Err(ProxyError::RateLimited { retry_after_secs });
-        }
-        let standing = match session::cookie_over(&c, now, t) {
-            Some(reason) => Standing::Over(reason),
-            None => {
-                let key = SessionKey(c.id.as_u128());
-                let found = shared.store.get_touch(key, now).await;
-                session::standing_for_cookie(&c, found, now, t)
+        Presented::Own { claims: c, over } => {
+            session_allowed(shared, snap, c.id.as_u128())?;
+            match over {
+                None => Some(
+                    shared
+                        .store
+                        .get_touch(SessionKey(c.id.as_u128()), now)
+                        .await,
+                ),
+                Some(_) => None,
             }
-        };
-        let Standing::Live {
-            pin,
-            created_ms,
-            adopt,
-        } = standing
-        else {
-            let state = match standing {
-                Standing::Over(reason) => {
-                    shared.metrics.pin_lost(lost_by_timeout(reason));
-                    SessionState::Expired
-                }
-                _ => SessionState::New,
-            };
-            return mint(shared, snap, conn, binding, state, now);
-        };
-        let key = SessionKey(c.id.as_u128());
-        let ring_key = ring_key_of(c.id);
-        let (state, i) = match resolve(snap, pin) {
-            Some(i) if snap.backends[i].eligible_for_existing() => (SessionState::Continued, i),
-            gone => {
-                let j = snap
-                    .balancer
-                    .failover(ring_key, gone, &snap.backends)
-                    .ok_or(ProxyError::NoBackend)?;
-                shared.metrics.pin_lost(lost_backend(snap, gone));
-                tracing::debug!(
-                    from = gone.map_or("(removed)", |g| &*snap.backends[g].name),
-                    to = &*snap.backends[j].name,
-                    "session failed over"
-                );
-                if !adopt {
-                    shared.store.repin(key, snap.backends[j].id, now).await;
-                }
-                (SessionState::Failover, j)
-            }
-        };
-        let b = &snap.backends[i];
-        if adopt {
-            let rec = Record {
-                backend: b.id,
-                created_ms,
-                seen_ms: now,
-            };
-            if shared.store.insert(key, rec).await == Insert::Full {
-                shared.metrics.store_full();
-            }
-        }
-        let send_cookie = state == SessionState::Failover
-            || session::needs_refresh(&c, now, t)
-            || b.tag != c.backend;
-        let claims = Claims {
-            backend: b.tag,
-            issued_ms: created_ms,
-            seen_ms: if send_cookie { now } else { c.seen_ms },
-            ..c
-        };
-        return Ok(Plan {
-            state,
-            backend: i,
-            ring_key,
-            session: Sess::Cookie {
-                claims,
-                send_cookie,
-                stored: true,
-            },
-        });
-    }
-
-    // An app's key: the store is its only memory.
-    let Some(value) = app_key(&snap.source, req.headers(), req.uri()) else {
-        // No key yet: place the request like a new session; the pin is
-        // learned from the backend's Set-Cookie.
-        let ring_key = ring_key_of(SessionId::random());
-        let i = snap
-            .balancer
-            .pick_new(ring_key, &snap.backends, snap.balance_factor, |b| {
-                shared.store.sessions_on(b.id)
-            })
-            .ok_or(ProxyError::NoBackend)?;
-        return Ok(Plan {
-            state: SessionState::New,
-            backend: i,
-            ring_key,
-            session: Sess::App {
-                key: None,
-                stored: false,
-            },
-        });
-    };
-    let (key, ring_key) = snap.app_digest.digest(value);
-    if let Err(retry_after_secs) = snap.limits.session(key.0) {
-        shared.metrics.rate_limited(false);
-        return Err(ProxyError::RateLimited { retry_after_secs });
-    }
-    let found = shared.store.get_touch(key, now).await;
-    // Only a key the store does not know is looked for (and remembered) in
-    // the sightings.
-    let seen = found == Found::Missing && shared.sightings.sighted(key);
-    let standing = session::standing_for_app_key(found, seen);
-    // Where the ring alone puts the key: the same on every instance and for
-    // every sighting, so a key that is not stored still stays put.
-    let by_ring = || {
-        snap.balancer
-            .pick_new(ring_key, &snap.backends, 0.0, |_| 0)
-            .ok_or(ProxyError::NoBackend)
-    };
-    let (state, i, stored) = match standing {
-        AppStanding::Live(id) | AppStanding::Outage(Some(id)) => {
-            match resolve(snap, Pin::Stored(id)) {
-                Some(i) if snap.backends[i].eligible_for_existing() => {
-                    (SessionState::Continued, i, true)
-                }
-                gone => {
-                    let j = snap
-                        .balancer
-                        .failover(ring_key, gone, &snap.backends)
-                        .ok_or(ProxyError::NoBackend)?;
-                    shared.metrics.pin_lost(lost_backend(snap, gone));
-                    if let AppStanding::Live(_) = standing {
-                        shared.store.repin(key, snap.backends[j].id, now).await;
-                    }
-                    (SessionState::Failover, j, true)
-                }
-            }
-        }
-        AppStanding::Outage(None) => (SessionState::New, by_ring()?, false),
-        AppStanding::FirstSighting => {
-            new_session_allowed(shared, snap, conn)?;
-            (SessionState::New, by_ring()?, false)
-        }
-        AppStanding::SecondSighting => {
-            let i = by_ring()?;
-            let stored = store_claimed(shared, snap, key, i, now).await;
-            (SessionState::Continued, i, stored)
-        }
-        AppStanding::Over(reason) => {
-            new_session_allowed(shared, snap, conn)?;
-            let i = snap
-                .balancer
-                .pick_new(ring_key, &snap.backends, snap.balance_factor, |b| {
-                    shared.store.sessions_on(b.id)
-                })
-                .ok_or(ProxyError::NoBackend)?;
-            shared.metrics.pin_lost(lost_by_timeout(reason));
-            let stored = store_claimed(shared, snap, key, i, now).await;
-            (SessionState::Expired, i, stored)
         }
     };
+    let d = decide::for_cookie(&presented, found, now, t, &View(snap));
+    new_session_allowed(shared, snap, conn, &d)?;
+    let claims = d.claims.unwrap_or_else(|| Claims {
+        id: SessionId::random(),
+        backend: 0,
+        issued_ms: now,
+        seen_ms: now,
+        binding,
+    });
+    let ring_key = decide::ring_key_of(claims.id);
+    let key = SessionKey(claims.id.as_u128());
+    let (i, stored) = carry_out(shared, snap, &d, Some(key), ring_key, now).await?;
     Ok(Plan {
-        state,
+        state: d.state,
         backend: i,
         ring_key,
-        session: Sess::App {
-            key: Some(key),
+        session: Sess::Cookie {
+            claims: Claims {
+                backend: snap.backends[i].tag,
+                ..claims
+            },
+            send_cookie: d.send_cookie,
             stored,
         },
     })
 }
 
-/// `new_session_rate` for the client: a 429 once it is spent.
-fn new_session_allowed(shared: &Shared, snap: &Snapshot, conn: ConnInfo) -> Result<(), ProxyError> {
+/// A session keyed by an app's value: the store is its only memory.
+async fn app_plan(
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: ConnInfo,
+    req: &Request<Incoming>,
+    now: u64,
+) -> Result<Plan, ProxyError> {
+    let (d, key, ring_key) = match app_key(&snap.source, req.headers(), req.uri()) {
+        None => (
+            decide::without_app_key(),
+            None,
+            decide::ring_key_of(SessionId::random()),
+        ),
+        Some(value) => {
+            let (key, ring_key) = snap.app_digest.digest(value);
+            session_allowed(shared, snap, key.0)?;
+            let found = shared.store.get_touch(key, now).await;
+            // Only a key the store does not know is looked for (and
+            // remembered) in the sightings.
+            let seen = found == Found::Missing && shared.sightings.sighted(key);
+            let d = decide::for_app_key(found, seen, ring_key, &View(snap));
+            (d, Some(key), ring_key)
+        }
+    };
+    new_session_allowed(shared, snap, conn, &d)?;
+    let (i, stored) = carry_out(shared, snap, &d, key, ring_key, now).await?;
+    Ok(Plan {
+        state: d.state,
+        backend: i,
+        ring_key,
+        session: Sess::App { key, stored },
+    })
+}
+
+/// Carries out a session decision: places the request where it routes,
+/// makes the store write it asks for and counts the pin it lost. Returns
+/// the backend and whether the store holds the session.
+async fn carry_out(
+    shared: &Shared,
+    snap: &Snapshot,
+    d: &Decision,
+    key: Option<SessionKey>,
+    ring_key: u64,
+    now: u64,
+) -> Result<(usize, bool), ProxyError> {
+    let i = match d.route {
+        Route::Backend(i) => i,
+        Route::Mint | Route::Place => snap
+            .balancer
+            .pick_new(ring_key, &snap.backends, snap.balance_factor, |b| {
+                shared.store.sessions_on(b.id)
+            })
+            .ok_or(ProxyError::NoBackend)?,
+        Route::Ring => snap
+            .balancer
+            .pick_new(ring_key, &snap.backends, 0.0, |_| 0)
+            .ok_or(ProxyError::NoBackend)?,
+        Route::Nowhere => return Err(ProxyError::NoBackend),
+    };
+    let id = snap.backends[i].id;
+    let stored = match (d.write, key) {
+        (Write::Nothing, _) | (_, None) => d.stored,
+        (Write::Repin, Some(k)) => {
+            shared.store.repin(k, id, now).await;
+            d.stored
+        }
+        (Write::Adopt { created_ms }, Some(k)) => {
+            let rec = Record {
+                backend: id,
+                created_ms,
+                seen_ms: now,
+            };
+            if shared.store.insert(k, rec).await == Insert::Full {
+                shared.metrics.store_full();
+            }
+            d.stored
+        }
+        (Write::Claim, Some(k)) => store_claimed(shared, snap, k, i, now).await,
+    };
+    if let Some(lost) = d.lost {
+        count_pin_lost(shared, snap, lost, i);
+    }
+    Ok((i, stored))
+}
+
+/// A session's own rate limit (`session_rate`): a 429 once it is spent.
+fn session_allowed(shared: &Shared, snap: &Snapshot, id: u128) -> Result<(), ProxyError> {
+    snap.limits.session(id).map_err(|retry_after_secs| {
+        shared.metrics.rate_limited(false);
+        ProxyError::RateLimited { retry_after_secs }
+    })
+}
+
+/// `new_session_rate` for a client the decision counts as starting a
+/// session: a 429 once it is spent.
+fn new_session_allowed(
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: ConnInfo,
+    d: &Decision,
+) -> Result<(), ProxyError> {
+    if !d.new_session {
+        return Ok(());
+    }
     snap.limits
         .new_session(conn.peer.ip())
         .map_err(|retry_after_secs| {
@@ -706,13 +701,6 @@ async fn store_claimed(
     }
 }
 
-fn resolve(snap: &Snapshot, pin: Pin) -> Option<usize> {
-    match pin {
-        Pin::Stored(id) => snap.by_id(id),
-        Pin::Tag(tag) => snap.by_tag(tag),
-    }
-}
-
 /// The backend to retry on after the first one refused the connection.
 fn next_backend(snap: &Snapshot, plan: &Plan) -> Option<usize> {
     if snap.sticky {
@@ -723,9 +711,33 @@ fn next_backend(snap: &Snapshot, plan: &Plan) -> Option<usize> {
     }
 }
 
-/// After a retry moved a sticky request, the session moves with it.
-async fn repin_after_retry(shared: &Shared, snap: &Snapshot, plan: &mut Plan, now: u64) {
-    let b = &snap.backends[plan.backend];
+/// After a retry moved a request to backend `next`, a sticky session moves
+/// with it: a live session's pin is lost (`failover`), a session minted for
+/// this request only changed its first placement.
+async fn move_after_retry(
+    shared: &Shared,
+    snap: &Snapshot,
+    plan: &mut Plan,
+    next: usize,
+    r: &mut Request<Body>,
+    now: u64,
+) {
+    let from = plan.backend;
+    plan.backend = next;
+    if !snap.sticky {
+        return;
+    }
+    let (state, pin_lost) = plan.state.after_retry();
+    if pin_lost {
+        let lost = PinLoss::Moved {
+            from: Some(from),
+            why: Gone::Down,
+        };
+        count_pin_lost(shared, snap, lost, next);
+    }
+    plan.state = state;
+    headers::set_session_state(r.headers_mut(), plan.state);
+    let b = &snap.backends[next];
     match &mut plan.session {
         Sess::None => {}
         Sess::Cookie {
@@ -765,7 +777,7 @@ async fn commit(
     now: u64,
 ) {
     let b = &snap.backends[plan.backend];
-    match &plan.session {
+    match plan.session {
         Sess::None => {}
         Sess::Cookie {
             claims,
@@ -773,76 +785,103 @@ async fn commit(
             stored,
         } => {
             let attrs = snap.cookie_attrs(conn.tls);
-            let key = SessionKey(claims.id.as_u128());
             // Only an id the client already holds needs a tombstone: a
             // session minted for this request is ended or replaced before
             // its cookie is ever sent, so no tombstone is spent on it.
-            let end = |reason| async move {
-                if *stored && shared.store.end(key, reason, now).await == Insert::Full {
-                    shared.metrics.store_full();
-                }
-            };
-            match control {
+            let key = stored.then_some(SessionKey(claims.id.as_u128()));
+            let cookie = match control {
                 Some(Control::End) => {
-                    end(EndReason::Ended).await;
-                    headers::add_set_cookie(h, attrs.clear_cookie());
+                    end_stored(shared, key, EndReason::Ended, now).await;
+                    attrs.clear_cookie()
                 }
                 Some(Control::Regenerate) => {
-                    end(EndReason::Regenerated).await;
-                    let fresh = Claims {
-                        id: SessionId::random(),
-                        seen_ms: now,
-                        ..*claims
-                    };
-                    let rec = Record {
-                        backend: b.id,
-                        created_ms: fresh.issued_ms,
-                        seen_ms: now,
-                    };
-                    let _ = shared
-                        .store
-                        .insert(SessionKey(fresh.id.as_u128()), rec)
-                        .await;
-                    headers::add_set_cookie(h, attrs.set_cookie(&snap.codec.encode(&fresh)));
+                    end_stored(shared, key, EndReason::Regenerated, now).await;
+                    let fresh = regenerate(shared, b, claims, now).await;
+                    attrs.set_cookie(&snap.codec.encode(&fresh))
                 }
-                None if *send_cookie => {
-                    headers::add_set_cookie(h, attrs.set_cookie(&snap.codec.encode(claims)));
-                }
-                None => {}
-            }
+                None if send_cookie => attrs.set_cookie(&snap.codec.encode(&claims)),
+                None => return,
+            };
+            headers::add_set_cookie(h, cookie);
         }
         Sess::App { key, stored } => {
-            if let KeySource::AppCookie(name) = &snap.source {
-                if let Some(v) = app_cookie_set(h, name) {
-                    let (learned, _) = snap.app_digest.digest(v);
-                    // A pin learned from the backend always goes in (making
-                    // room if a client's claim holds it); the same value set
-                    // again on a stored session would only restart its clock.
-                    if Some(learned) != *key || !*stored {
-                        let rec = Record {
-                            backend: b.id,
-                            created_ms: now,
-                            seen_ms: now,
-                        };
-                        if shared.store.insert(learned, rec).await == Insert::Full {
-                            shared.metrics.store_full();
-                        }
-                    }
-                }
-            }
+            learn_app_cookie(shared, snap, h, b, key, stored, now).await;
             if let (Some(k), Some(c)) = (key, control) {
                 let reason = match c {
                     Control::End => EndReason::Ended,
                     Control::Regenerate => EndReason::Regenerated,
                 };
-                if *stored {
-                    let _ = shared.store.end(*k, reason, now).await;
+                if stored {
+                    let _ = shared.store.end(k, reason, now).await;
                 } else {
                     // Never stored: forgetting the sighting is enough, and a
                     // tombstone must not be spent on a key anyone can invent.
-                    shared.sightings.forget(*k);
+                    shared.sightings.forget(k);
                 }
             }
+        }
+    }
+}
+
+/// Ends a stored session (`key`, if the store holds it) for `reason`.
+async fn end_stored(shared: &Shared, key: Option<SessionKey>, reason: EndReason, now: u64) {
+    if let Some(key) = key {
+        if shared.store.end(key, reason, now).await == Insert::Full {
+            shared.metrics.store_full();
+        }
+    }
+}
+
+/// A new id for a session, pinned to the same backend (`regenerate`);
+/// stored at once, since its cookie goes out with this response.
+async fn regenerate(shared: &Shared, b: &Backend, claims: Claims, now: u64) -> Claims {
+    let fresh = Claims {
+        id: SessionId::random(),
+        seen_ms: now,
+        ..claims
+    };
+    let rec = Record {
+        backend: b.id,
+        created_ms: fresh.issued_ms,
+        seen_ms: now,
+    };
+    let _ = shared
+        .store
+        .insert(SessionKey(fresh.id.as_u128()), rec)
+        .await;
+    fresh
+}
+
+/// Stores the pin a backend teaches by setting the app's cookie on its
+/// response (`key`: the key the request carried, `stored`: whether the store
+/// holds it).
+async fn learn_app_cookie(
+    shared: &Shared,
+    snap: &Snapshot,
+    h: &http::HeaderMap,
+    b: &Backend,
+    key: Option<SessionKey>,
+    stored: bool,
+    now: u64,
+) {
+    let KeySource::AppCookie(name) = &snap.source else {
+        return;
+    };
+    let Some(v) = app_cookie_set(h, name) else {
+        return;
+    };
+    let (learned, _) = snap.app_digest.digest(v);
+    // A pin learned from the backend always goes in (making room if a
+    // client's claim holds it); the same value set again on a stored session
+    // would only restart its clock.
+    if Some(learned) != key || !stored {
+        let rec = Record {
+            backend: b.id,
+            created_ms: now,
+            seen_ms: now,
+        };
+        if shared.store.insert(learned, rec).await == Insert::Full {
+            shared.metrics.store_full();
         }
     }
 }

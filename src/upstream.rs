@@ -165,11 +165,6 @@ impl Pool {
         }
     }
 
-    /// Idle connections right now (for tests and the status page).
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|v| v.len()).unwrap_or(0)
-    }
-
     async fn connect(&self, t: &Timeouts) -> Result<http1::SendRequest<Body>, io::Error> {
         let stream = match tokio::time::timeout(t.connect, TcpStream::connect(self.addr)).await {
             Ok(s) => s?,
