@@ -9,7 +9,7 @@
 
 use crate::session::cookie::{Claims, SessionId};
 use crate::session::{Pin, SessionState, Timeouts, FUTURE_SKEW_MS};
-use crate::store::{BackendId, EndReason, Found};
+use crate::store::{self, BackendId, EndReason, Found};
 
 /// Why a session's pinned backend cannot keep it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,15 +354,10 @@ enum Standing {
 }
 
 /// Judges a verified cookie by its own timestamps (no store consulted).
-/// Both boundaries are exclusive: at exactly `seen + idle` the session is over.
+/// At exactly the deadline the session is over ([`store::deadline`]).
 fn cookie_over(c: &Claims, now_ms: u64, t: Timeouts) -> Option<EndReason> {
-    if now_ms >= c.issued_ms.saturating_add(t.absolute_ms) {
-        Some(EndReason::Absolute)
-    } else if now_ms >= c.seen_ms.saturating_add(t.idle_ms) {
-        Some(EndReason::Idle)
-    } else {
-        None
-    }
+    let (deadline, why) = store::deadline(c.issued_ms, c.seen_ms, t.idle_ms, t.absolute_ms);
+    (now_ms >= deadline).then_some(why)
 }
 
 /// Is the cookie stamped (issued or last seen) further in the future than

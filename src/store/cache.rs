@@ -41,13 +41,7 @@ impl Entry {
     /// The first instant at which the entry is over (live) or may be
     /// forgotten (tombstone), and why.
     pub fn deadline(&self, idle_ms: u64, absolute_ms: u64) -> (u64, EndReason) {
-        let idle_end = self.seen_ms.saturating_add(idle_ms);
-        let abs_end = self.created_ms.saturating_add(absolute_ms);
-        if abs_end <= idle_end {
-            (abs_end, EndReason::Absolute)
-        } else {
-            (idle_end, EndReason::Idle)
-        }
+        super::deadline(self.created_ms, self.seen_ms, idle_ms, absolute_ms)
     }
 
     fn record(&self) -> Record {

@@ -107,14 +107,7 @@ impl Entry {
     /// over (live) or may be forgotten (tombstone).
     #[inline]
     fn deadline(&self, t: Timeouts) -> (u64, EndReason) {
-        let idle_end = self.seen_ms.saturating_add(t.idle_ms);
-        let abs_end = self.created_ms.saturating_add(t.absolute_ms);
-        // On a tie the absolute timeout is the reason: it is the hard limit.
-        if abs_end <= idle_end {
-            (abs_end, EndReason::Absolute)
-        } else {
-            (idle_end, EndReason::Idle)
-        }
+        super::deadline(self.created_ms, self.seen_ms, t.idle_ms, t.absolute_ms)
     }
 
     #[inline]

@@ -56,6 +56,24 @@ pub struct Record {
     pub seen_ms: u64,
 }
 
+/// The one liveness rule, for every place that judges a session (the
+/// memory store, the Redis store and its local view, a cookie judged by its
+/// own timestamps; `redis/script.lua` states it again in Lua): a session
+/// begun at `created_ms` and last seen at `seen_ms` is live while
+/// `now < deadline`, where the deadline is the earlier of its idle and
+/// absolute ends. On a tie the reason is `Absolute`, the hard limit. A
+/// tombstone is kept until the same deadline.
+#[inline]
+pub fn deadline(created_ms: u64, seen_ms: u64, idle_ms: u64, absolute_ms: u64) -> (u64, EndReason) {
+    let idle_end = seen_ms.saturating_add(idle_ms);
+    let abs_end = created_ms.saturating_add(absolute_ms);
+    if abs_end <= idle_end {
+        (abs_end, EndReason::Absolute)
+    } else {
+        (idle_end, EndReason::Idle)
+    }
+}
+
 /// Why a session's affinity ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EndReason {

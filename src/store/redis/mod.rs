@@ -475,13 +475,7 @@ impl Inner {
         let Some(s) = value.and_then(codec::parse) else {
             return (Found::Missing, None);
         };
-        let idle_end = s.seen_ms.saturating_add(t.idle_ms);
-        let abs_end = s.created_ms.saturating_add(t.absolute_ms);
-        let (deadline, why) = if abs_end <= idle_end {
-            (abs_end, EndReason::Absolute)
-        } else {
-            (idle_end, EndReason::Idle)
-        };
+        let (deadline, why) = super::deadline(s.created_ms, s.seen_ms, t.idle_ms, t.absolute_ms);
         match s.ended {
             None if now_ms < deadline => {
                 let Some(id) = self.names.load().by_name.get(s.backend).copied() else {

@@ -16,6 +16,8 @@ local function parse(v)
   if not c then return nil end
   return {c = tonumber(c), s = tonumber(s), st = st, b = b}
 end
+-- The liveness rule of store::deadline in src/store/mod.rs: live while
+-- now < min(seen + idle, created + absolute).
 local function deadline(r) return math.min(r.s + idle, r.c + abs) end
 local function put(r)
   local dl = deadline(r)
