@@ -105,7 +105,7 @@ HAProxy: `balance roundrobin`, `cookie SRV insert indirect nocache`, `option red
 Failed requests are the requests that were in flight to the dead backend, or about to reuse a pooled
 connection to it, at the instant of the kill: a handful, varying from run to run with that race. Compare
 them over several runs, not one. Requests per second are from one unpinned 2-core machine shared by
-everything: read them as a rough ratio, not as capacity (issue 6's harness measures that).
+everything: read them as a rough ratio, not as capacity (benches/load.sh, with the proxy pinned, measures that).
 
 ## Sessions: {c} sticky clients (sticky_load)
 

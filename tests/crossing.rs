@@ -166,8 +166,8 @@ async fn http2_over_tls() {
     assert_eq!(again.state(), "continued");
 }
 
-/// The server's suite order decides (issue 6: AES-128-GCM first, so the TLS
-/// 1.3 key schedule runs on SHA-256), even against a client that lists
+/// The server's suite order decides (AES-128-GCM first, so the TLS 1.3 key
+/// schedule runs on SHA-256; see `tls::provider`), even against a client that lists
 /// AES-256-GCM first, as rustls and browsers do; and only TLS 1.2 and 1.3.
 #[tokio::test]
 async fn the_server_picks_aes_128_gcm_over_the_clients_first_choice() {

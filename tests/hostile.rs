@@ -1,13 +1,9 @@
-//! Hostile input through a live tether (issue 7, "hostile input beyond unit tests"):
+//! Hostile input through a live tether, beyond what the unit tests reach:
 //! hundreds of malformed and adversarial request heads, each on its own connection to the
 //! plain listener. Every one gets a 4xx (a 400 also closes the connection) or a closed
 //! connection: never a 2xx or 5xx, never a hang. A head whose framing is ambiguous never
 //! reaches the backend. tether stays up: a normal request succeeds before, every 50 cases,
 //! and after.
-//!
-//! Cases marked `after_hygiene` are SPEC §9 request-hygiene rules that land with the rest of
-//! issue 7. They run and are reported, but fail the test only once [`HYGIENE_ENFORCED`] is
-//! set; a marked case that already passes is reported too, so its mark can go.
 
 mod support;
 
@@ -18,9 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::*;
-
-/// Flip to `true` once SPEC §9 request hygiene is merged: then every case must pass.
-const HYGIENE_ENFORCED: bool = true;
 
 /// How long a case may take to be answered or closed. tether's own deadlines
 /// (`client_header`) are longer, so a case that runs into this one is a hang.
@@ -43,8 +36,6 @@ struct Case {
     /// Close our sending side after the bytes (for inputs that are not a complete message,
     /// so tether sees the end instead of waiting for more).
     half_close: bool,
-    /// A SPEC §9 hygiene rule that is being built now (see the module doc).
-    after_hygiene: bool,
 }
 
 impl Case {
@@ -54,7 +45,6 @@ impl Case {
             bytes: bytes.into(),
             reach: Reach::Never,
             half_close: false,
-            after_hygiene: false,
         }
     }
     fn body(name: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Case {
@@ -66,10 +56,6 @@ impl Case {
     }
     fn half_closed(mut self) -> Case {
         self.half_close = true;
-        self
-    }
-    fn expected_after_hygiene(mut self) -> Case {
-        self.after_hygiene = true;
         self
     }
 }
@@ -199,24 +185,21 @@ fn framing() -> Vec<Case> {
                 "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
                 chunked,
             ),
-        )
-        .expected_after_hygiene(),
+        ),
         Case::head(
             "TE chunked then CL",
             req(
                 "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
                 chunked,
             ),
-        )
-        .expected_after_hygiene(),
+        ),
         Case::head(
             "TE chunked and CL 0",
             req(
                 "Transfer-Encoding: chunked\r\nContent-Length: 0\r\n",
                 chunked,
             ),
-        )
-        .expected_after_hygiene(),
+        ),
         Case::head(
             "CL with TE identity",
             req(
@@ -313,15 +296,7 @@ fn chunk_bodies() -> Vec<Case> {
         ("bare LF inside chunk size line", "5\nhello\r\n0\r\n\r\n"),
     ]
     .into_iter()
-    .map(|(name, body)| {
-        let case = Case::body(name, req("Transfer-Encoding: chunked\r\n", body));
-        // hyper's chunk decoder refuses a NUL before tether forwards anything.
-        if name.starts_with("NUL") {
-            case
-        } else {
-            case.expected_after_hygiene()
-        }
-    })
+    .map(|(name, body)| Case::body(name, req("Transfer-Encoding: chunked\r\n", body)))
     .collect()
 }
 
@@ -397,18 +372,16 @@ fn request_lines() -> Vec<Case> {
             "GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n",
         ),
         Case::head("empty authority", "GET http:// HTTP/1.1\r\nHost: x\r\n\r\n"),
-        // Not SPEC §9 rules: RFC 3986 wants two hex digits after '%' (§2.1) and a port of
-        // digits (§3.2.3); `http::Uri` takes both. Proposed as hygiene (nginx answers 400); reported, not yet decided.
+        // RFC 3986 wants two hex digits after '%' (§2.1) and a port of digits (§3.2.3);
+        // `http::Uri` takes both, so tether's own target check must refuse them (as nginx does).
         Case::head(
             "bad percent-encoding",
             "GET /%%% HTTP/1.1\r\nHost: x\r\n\r\n",
-        )
-        .expected_after_hygiene(),
+        ),
         Case::head(
             "non-digit port",
             "GET http://x:8a/ HTTP/1.1\r\nHost: x\r\n\r\n",
-        )
-        .expected_after_hygiene(),
+        ),
         Case::head(
             "absurdly long target (100 KB)",
             format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100_000)),
@@ -487,14 +460,10 @@ fn header_sets() -> Vec<Case> {
         Case::head(
             "Host list in one field",
             "GET / HTTP/1.1\r\nHost: a, b\r\n\r\n",
-        )
-        .expected_after_hygiene(),
-        Case::head("Host with a space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n")
-            .expected_after_hygiene(),
-        Case::head("Host with a path", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n")
-            .expected_after_hygiene(),
-        Case::head("Host with userinfo", "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n")
-            .expected_after_hygiene(),
+        ),
+        Case::head("Host with a space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
+        Case::head("Host with a path", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"),
+        Case::head("Host with userinfo", "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n"),
     ]
 }
 
@@ -583,29 +552,19 @@ async fn garbage_and_smuggling_attempts_get_4xx_or_a_closed_connection() {
     let cases = all_cases();
     assert!(cases.len() >= 300, "only {} cases", cases.len());
     let mut failures = Vec::new();
-    let mut pending_hygiene = Vec::new();
-    let mut passing_but_marked = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let before = a.hits();
         let outcome = exchange(t.addr(), case).await;
         let reached = a.hits() - before;
         let leaked = case.reach == Reach::Never && reached > 0;
-        let ok = outcome.acceptable() && !leaked;
-        let line = format!(
-            "#{i} {}: {outcome:?}{}",
-            case.name,
-            if leaked { ", reached the backend" } else { "" }
-        );
-        match (ok, case.after_hygiene) {
-            (true, false) => {}
-            (true, true) => passing_but_marked.push(line),
-            (false, true) => pending_hygiene.push(line),
-            (false, false) => failures.push(line),
+        if !outcome.acceptable() || leaked {
+            failures.push(format!(
+                "#{i} {}: {outcome:?}{}",
+                case.name,
+                if leaked { ", reached the backend" } else { "" }
+            ));
         }
-        // Until SPEC §9 hygiene lands, a body whose framing breaks counts as a failure of the
-        // backend (see `broken_client_bodies_do_not_mark_the_backend_down`): a success in
-        // between keeps the passive streak from taking the only backend down mid-test.
-        if i % 50 == 49 || (case.reach == Reach::HeadOnly && !HYGIENE_ENFORCED) {
+        if i % 50 == 49 {
             let r = plain_get(t.addr(), "/", &[]).await;
             assert_eq!(r.status, 200, "a normal request after case #{i}");
         }
@@ -614,20 +573,6 @@ async fn garbage_and_smuggling_attempts_get_4xx_or_a_closed_connection() {
     assert_eq!(r.status, 200, "a normal request after the last case");
 
     println!("hostile: {} cases sent", cases.len());
-    if !pending_hygiene.is_empty() {
-        println!(
-            "hostile: {} cases expected after SPEC §9 hygiene lands:\n  {}",
-            pending_hygiene.len(),
-            pending_hygiene.join("\n  ")
-        );
-    }
-    if !passing_but_marked.is_empty() {
-        println!(
-            "hostile: {} cases marked expected_after_hygiene already pass:\n  {}",
-            passing_but_marked.len(),
-            passing_but_marked.join("\n  ")
-        );
-    }
     assert!(
         failures.is_empty(),
         "{} of {} hostile cases were mishandled:\n  {}",
@@ -635,17 +580,12 @@ async fn garbage_and_smuggling_attempts_get_4xx_or_a_closed_connection() {
         cases.len(),
         failures.join("\n  ")
     );
-    assert!(
-        !HYGIENE_ENFORCED || pending_hygiene.is_empty(),
-        "hygiene is enforced, yet:\n  {}",
-        pending_hygiene.join("\n  ")
-    );
     t.stop().await;
 }
 
 /// Three chunked bodies whose framing breaks (the client's fault) in a row must not take the
-/// backend out: today they count as passive backend failures (`health.fall` = 3), so any
-/// client can mark every backend down and turn all traffic into 503.
+/// backend out: were they counted as passive backend failures (`health.fall` = 3), any
+/// client could mark every backend down and turn all traffic into 503.
 #[tokio::test]
 async fn broken_client_bodies_do_not_mark_the_backend_down() {
     let a = Backend::start("app1").await;
