@@ -100,10 +100,7 @@ impl Tracker {
                     self.index += 1;
                 }
                 State::Fixed(n) => {
-                    let take = (*n).min(buf.len() as u64) as usize;
-                    *n -= take as u64;
-                    buf = &buf[take..];
-                    if *n == 0 {
+                    if consume(n, &mut buf) {
                         self.state = State::Head(Vec::new());
                     }
                 }
@@ -117,25 +114,10 @@ impl Tracker {
                     };
                     line.extend_from_slice(&buf[..nl]);
                     buf = &buf[nl + 1..];
-                    let hex: Vec<u8> = line
-                        .iter()
-                        .copied()
-                        .take_while(|b| b.is_ascii_hexdigit())
-                        .collect();
-                    let size = std::str::from_utf8(&hex)
-                        .ok()
-                        .and_then(|h| u64::from_str_radix(h, 16).ok());
-                    self.state = match size {
-                        None => State::Done,
-                        Some(0) => State::Trailers(Vec::new()),
-                        Some(n) => State::ChunkData(n),
-                    };
+                    self.state = after_chunk_size(line);
                 }
                 State::ChunkData(n) => {
-                    let take = (*n).min(buf.len() as u64) as usize;
-                    *n -= take as u64;
-                    buf = &buf[take..];
-                    if *n == 0 {
+                    if consume(n, &mut buf) {
                         self.state = State::ChunkDataEnd(0);
                     }
                 }
@@ -239,6 +221,34 @@ impl Tracker {
             Some(Some(n)) => State::Fixed(n),
             Some(None) => State::Done,
         }
+    }
+}
+
+/// Skips up to `*left` bytes of a counted run (a Content-Length body or a
+/// chunk's data) from the front of `buf`; true once the run is over.
+fn consume(left: &mut u64, buf: &mut &[u8]) -> bool {
+    let take = (*left).min(buf.len() as u64) as usize;
+    *left -= take as u64;
+    *buf = &buf[take..];
+    *left == 0
+}
+
+/// What follows a chunk-size line (extensions after the hex digits are
+/// ignored): its data, the trailers after the last chunk, or nothing more
+/// to track when the size does not parse (hyper refuses the body itself).
+fn after_chunk_size(line: &[u8]) -> State {
+    let hex: Vec<u8> = line
+        .iter()
+        .copied()
+        .take_while(|b| b.is_ascii_hexdigit())
+        .collect();
+    let size = std::str::from_utf8(&hex)
+        .ok()
+        .and_then(|h| u64::from_str_radix(h, 16).ok());
+    match size {
+        None => State::Done,
+        Some(0) => State::Trailers(Vec::new()),
+        Some(n) => State::ChunkData(n),
     }
 }
 
