@@ -70,6 +70,12 @@ pub struct SendError {
     pub request: Option<Request<Body>>,
 }
 
+impl SendError {
+    fn new(failure: Failure, request: Option<Request<Body>>) -> SendError {
+        SendError { failure, request }
+    }
+}
+
 /// What is needed to send an idempotent, bodiless request again.
 #[derive(Debug, Clone)]
 pub struct Replay {
@@ -213,12 +219,7 @@ impl Pool {
                 Some(s) => (s, true),
                 None => match self.connect(t).await {
                     Ok(s) => (s, false),
-                    Err(e) => {
-                        return Err(SendError {
-                            failure: Failure::Connect(e),
-                            request: Some(req),
-                        })
-                    }
+                    Err(e) => return Err(SendError::new(Failure::Connect(e), Some(req))),
                 },
             };
             if pooled && sender.ready().await.is_err() {
@@ -238,12 +239,7 @@ impl Pool {
                 }
             };
             match answer {
-                None => {
-                    return Err(SendError {
-                        failure: Failure::Timeout,
-                        request: None,
-                    })
-                }
+                None => return Err(SendError::new(Failure::Timeout, None)),
                 Some(Ok(resp)) => {
                     return Ok((
                         resp,
@@ -257,10 +253,8 @@ impl Pool {
                     // Never serialized: the connection died under us. Safe to try again.
                     Some(r) if pooled => req = r,
                     Some(r) => {
-                        return Err(SendError {
-                            failure: Failure::Connect(io::Error::other(e.into_error())),
-                            request: Some(r),
-                        })
+                        let e = io::Error::other(e.into_error());
+                        return Err(SendError::new(Failure::Connect(e), Some(r)));
                     }
                     None => match replay {
                         Some(r) if pooled => {
@@ -274,10 +268,7 @@ impl Pool {
                             } else {
                                 Failure::Broken(e)
                             };
-                            return Err(SendError {
-                                failure,
-                                request: None,
-                            });
+                            return Err(SendError::new(failure, None));
                         }
                     },
                 },
