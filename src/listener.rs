@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -101,54 +102,66 @@ impl Listener {
             let shared = self.shared.clone();
             let tls = self.tls.clone();
             let drain = self.drain.watch();
-            tokio::spawn(async move {
-                let metrics = shared.metrics.clone();
-                let snap = shared.snapshot.load();
-                let t = &snap.config.timeouts;
-                let limits = Limits {
-                    client_header: t.client_header,
-                    keepalive: t.keepalive,
-                };
-                let max_header_bytes = snap.max_header_bytes;
-                drop(snap);
-                let conn = Conn {
-                    info: ConnInfo {
-                        peer,
-                        tls: tls.is_some(),
-                    },
-                    shared,
-                    limits,
-                    max_header_bytes,
-                    activity: Arc::new(Activity::new(opened)),
-                    drain,
-                };
-                let Some(acceptor) = tls else {
-                    return conn.serve(stream, Http::Sniff).await;
-                };
-                // The handshake counts against the silent connection's
-                // client_header: it is time in which no request was sent.
-                let deadline = lifecycle::later(opened, limits.client_header);
-                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => {
-                        metrics.tls_handshake(true);
-                        let http = match s.get_ref().1.alpn_protocol() {
-                            Some(b"h2") => Http::H2,
-                            _ => Http::H1,
-                        };
-                        conn.serve(s, http).await
-                    }
-                    Ok(Err(e)) => {
-                        metrics.tls_handshake(false);
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => {
-                        metrics.tls_handshake(false);
-                        tracing::debug!(%peer, "TLS handshake timed out")
-                    }
-                }
-            });
+            tokio::spawn(accepted(shared, tls, drain, stream, peer, opened));
         }
         tracing::debug!(listener = ?local, "stopped accepting");
+    }
+}
+
+/// Serves one accepted connection: on a TLS listener the handshake first,
+/// then HTTP with the connection's limits as they stand now (a reload
+/// changes them for connections accepted after it).
+async fn accepted(
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    drain: watch::Receiver<bool>,
+    stream: Slotted,
+    peer: SocketAddr,
+    opened: Instant,
+) {
+    let metrics = shared.metrics.clone();
+    let snap = shared.snapshot.load();
+    let t = &snap.config.timeouts;
+    let limits = Limits {
+        client_header: t.client_header,
+        keepalive: t.keepalive,
+    };
+    let max_header_bytes = snap.max_header_bytes;
+    drop(snap);
+    let conn = Conn {
+        info: ConnInfo {
+            peer,
+            tls: tls.is_some(),
+        },
+        shared,
+        limits,
+        max_header_bytes,
+        activity: Arc::new(Activity::new(opened)),
+        drain,
+    };
+    let Some(acceptor) = tls else {
+        return conn.serve(stream, Http::Sniff).await;
+    };
+    // The handshake counts against the silent connection's
+    // client_header: it is time in which no request was sent.
+    let deadline = lifecycle::later(opened, limits.client_header);
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => {
+            metrics.tls_handshake(true);
+            let http = match s.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Http::H2,
+                _ => Http::H1,
+            };
+            conn.serve(s, http).await
+        }
+        Ok(Err(e)) => {
+            metrics.tls_handshake(false);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+        }
+        Err(_) => {
+            metrics.tls_handshake(false);
+            tracing::debug!(%peer, "TLS handshake timed out")
+        }
     }
 }
 
