@@ -7,7 +7,8 @@
 //! ```text
 //! request path: one way; service.rs hands each stage's output to the next
 //!
-//! main.rs → server.rs → listener.rs → tls.rs → service.rs ─┬─▶ session/source+cookie  request → affinity key, verified pin
+//! main.rs → server.rs → listener.rs → tls.rs → service.rs ─┬─▶ hygiene.rs             request → refused (400/431) or routed
+//!              lifecycle.rs: each connection's deadlines    ├─▶ session/source+cookie  request → affinity key, verified pin
 //!                                                           ├─▶ store/                 key → record (or "unavailable")
 //!                                                           ├─▶ session/decide         (key, pin, record, now, eligible?) → decision
 //!                                                           ├─▶ balancer/              decision → backend (ring, bounded load)
@@ -21,7 +22,7 @@
 //! server.rs   ──spawns──────────────▶ listeners, health.rs, admin/, reload.rs, store reaper
 //! reload.rs   ──swaps───────────────▶ snapshot.rs   ◀── read by service.rs, listener.rs, balancer/
 //! health.rs   ──sets status─────────▶ backends.rs   ◀── read by balancer/, admin/
-//! admin/      ──drain/disable/enable▶ backends.rs ; reads metrics.rs and store/ counts
+//! admin/      ──drain/disable/enable▶ backends.rs ; reads metrics/ and store/ counts
 //! service.rs  ──passive failure streak▶ backends.rs (an increment, not a decision)
 //! ```
 
