@@ -506,14 +506,20 @@ async fn cookie_plan(
     now: u64,
 ) -> Result<Plan, ProxyError> {
     let t = snap.timeouts;
-    let binding = snap.binder.as_ref().map_or(0, |b| {
-        b.digest(
-            conn.peer.ip(),
-            req.headers().get(USER_AGENT).map(|v| v.as_bytes()),
-        )
-    });
-    let claims =
+    let ua = req.headers().get(USER_AGENT).map(|v| v.as_bytes());
+    let binding = snap
+        .binder
+        .as_ref()
+        .map_or(0, |b| b.digest(conn.peer.ip(), ua));
+    let mut claims =
         find_cookie(req.headers().get_all(COOKIE).iter(), name).and_then(|v| snap.codec.decode(v));
+    if let (Some(b), Some(c)) = (&snap.binder, claims.as_mut()) {
+        // Bound under a secret since rotated out of `secret`: the same client
+        // keeps its session, and its next cookie carries today's digest.
+        if c.binding != binding && b.bound_before(c.binding, conn.peer.ip(), ua) {
+            c.binding = binding;
+        }
+    }
     let presented = decide::present(claims, binding, now, t);
     let found = match presented {
         Presented::Nothing => None,
@@ -582,7 +588,12 @@ async fn app_plan(
         Some(value) => {
             let (key, ring_key) = snap.app_digest.digest(value);
             session_allowed(shared, snap, key.0)?;
-            let found = shared.store.get_touch(key, now).await;
+            let mut found = shared.store.get_touch(key, now).await;
+            if found == Found::Missing && snap.app_digest.rotated() {
+                found = Box::pin(carry_over(shared, snap, value, key, now))
+                    .await
+                    .unwrap_or(found);
+            }
             // Only a key the store does not know is looked for (and
             // remembered) in the sightings.
             let seen = found == Found::Missing && shared.sightings.sighted(key);
@@ -598,6 +609,27 @@ async fn app_plan(
         ring_key,
         session: Sess::App { key, stored },
     })
+}
+
+/// A pin stored under a previous secret (before a rotation), moved to the
+/// key `value` has now. Boxed by the caller: only an unknown key with
+/// previous secrets configured pays for it.
+async fn carry_over(
+    shared: &Shared,
+    snap: &Snapshot,
+    value: &str,
+    key: SessionKey,
+    now: u64,
+) -> Option<Found> {
+    for old in snap.app_digest.previous_keys(value) {
+        if let Found::Live(rec) = shared.store.get_touch(old, now).await {
+            if shared.store.insert(key, rec).await == Insert::Full {
+                shared.metrics.store_full();
+            }
+            return Some(Found::Live(rec));
+        }
+    }
+    None
 }
 
 /// Carries out a session decision: places the request where it routes,

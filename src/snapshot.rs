@@ -162,7 +162,7 @@ impl Snapshot {
             by_tag,
             by_id,
             codec,
-            app_digest: AppKeyDigest::new(secret),
+            app_digest: AppKeyDigest::new(secret, &s.secrets.previous),
             cookie_plain: attrs(secure_plain),
             cookie_tls: attrs(secure_tls),
             source,
@@ -181,7 +181,7 @@ impl Snapshot {
             max_header_bytes: config.limits.max_header_bytes,
             access_log: config.log.access,
             passive_threshold: config.health.fall,
-            binder: Binder::new(secret, &s.bind_to),
+            binder: Binder::new(secret, &s.secrets.previous, &s.bind_to),
             reject_mismatch: s.on_mismatch == config::OnMismatch::Reject,
             limits: Arc::new(Limits::new(
                 config.limits.session_rate,

@@ -436,3 +436,84 @@ fn host_prefix_with_secure_never_fails_check() {
         "{err}"
     );
 }
+
+/// Rotating the secret (the new one current, the old one in
+/// `previous_secret_files`) keeps bound sessions: a cookie bound under the
+/// old secret still matches its own client, and still no other.
+#[tokio::test]
+async fn a_bound_session_survives_a_secret_rotation() {
+    let (a, b) = (Backend::start("app1").await, Backend::start("app2").await);
+    let dir = std::env::temp_dir().join(format!("tether-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = dir.join("old-secret");
+    std::fs::write(&old, SECRET).unwrap();
+    let bound = "bind_to = [\"ip\", \"user_agent\"]\non_mismatch = \"reject\"";
+    let t = Tether::start(&config(bound, &[&a, &b])).await;
+    let (cookie, home) = owned_cookie(t.addr(), "ua/1").await;
+
+    let rotated = config(bound, &[&a, &b]).replace(
+        &format!("secret = \"{SECRET}\""),
+        &format!(
+            "secret = \"a-brand-new-secret-0123456789\"\nprevious_secret_files = [\"{}\"]",
+            old.display()
+        ),
+    );
+    let next = tether::config::from_str(&rotated, &repo().join("test.toml"), None).unwrap();
+    t.running().apply(next).expect("the rotation applies");
+
+    let jar = format!("tether_sid={cookie}");
+    let r = plain_get(t.addr(), "/", &[("user-agent", "ua/1"), ("cookie", &jar)]).await;
+    assert_eq!(r.status, 200, "its own client is not refused");
+    assert_eq!((r.state(), r.backend()), ("continued".to_string(), home));
+    let thief = plain_get_from(
+        other_client(),
+        t.addr(),
+        "/",
+        &[("user-agent", "ua/1"), ("cookie", &jar)],
+    )
+    .await;
+    assert_eq!(thief.status, 403, "another client still is");
+    let _ = std::fs::remove_dir_all(&dir);
+    t.stop().await;
+}
+
+/// After a rotation, app-key pins learned under the old secret are still
+/// found (their store keys are digests under it): the session stays put.
+#[tokio::test]
+async fn app_key_pins_survive_a_secret_rotation() {
+    let (a, b, c) = (
+        Backend::start("app1").await,
+        Backend::start("app2").await,
+        Backend::start("app3").await,
+    );
+    let dir = std::env::temp_dir().join(format!("tether-rotate-app-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = dir.join("old-secret");
+    std::fs::write(&old, SECRET).unwrap();
+    let source = "source = \"app_cookie\"\napp_cookie = \"JSESSIONID\"";
+    let t = Tether::start(&config(source, &[&a, &b, &c])).await;
+    let mut homes = vec![];
+    for i in 0..6 {
+        let value = format!("rotating-{i}");
+        let r = plain_get(t.addr(), &format!("/set-cookie/JSESSIONID/{value}"), &[]).await;
+        homes.push((value, r.backend()));
+    }
+    let rotated = config(source, &[&a, &b, &c]).replace(
+        &format!("secret = \"{SECRET}\""),
+        &format!(
+            "secret = \"a-brand-new-secret-0123456789\"\nprevious_secret_files = [\"{}\"]",
+            old.display()
+        ),
+    );
+    let next = tether::config::from_str(&rotated, &repo().join("test.toml"), None).unwrap();
+    t.running().apply(next).expect("the rotation applies");
+    for (value, home) in &homes {
+        for _ in 0..2 {
+            let jar = format!("JSESSIONID={value}");
+            let r = plain_get(t.addr(), "/", &[("cookie", &jar)]).await;
+            assert_eq!((r.state(), &r.backend()), ("continued".to_string(), home));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    t.stop().await;
+}

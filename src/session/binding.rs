@@ -13,6 +13,8 @@ use crate::keys;
 #[derive(Clone)]
 pub struct Binder {
     key: hmac::Key,
+    /// Keys under `previous_secret_files`: cookies bound before a rotation.
+    previous: Vec<hmac::Key>,
     ip: bool,
     prefix: bool,
     user_agent: bool,
@@ -47,13 +49,18 @@ pub fn prefix(ip: IpAddr) -> [u8; 9] {
 }
 
 impl Binder {
-    /// `None` when `bind_to` is empty (binding off).
-    pub fn new(secret: &[u8], bind_to: &[BindTo]) -> Option<Binder> {
+    /// `None` when `bind_to` is empty (binding off). `previous`: the
+    /// secrets still accepted for cookies, whose bindings are still honoured.
+    pub fn new(secret: &[u8], previous: &[Vec<u8>], bind_to: &[BindTo]) -> Option<Binder> {
         if bind_to.is_empty() {
             return None;
         }
         Some(Binder {
             key: keys::derive(secret, keys::BINDING),
+            previous: previous
+                .iter()
+                .map(|s| keys::derive(s, keys::BINDING))
+                .collect(),
             ip: bind_to.contains(&BindTo::Ip),
             prefix: bind_to.contains(&BindTo::IpPrefix),
             user_agent: bind_to.contains(&BindTo::UserAgent),
@@ -62,7 +69,20 @@ impl Binder {
 
     /// The digest of this client's traits; never 0 (0 means "unbound").
     pub fn digest(&self, ip: IpAddr, user_agent: Option<&[u8]>) -> u64 {
-        let mut ctx = hmac::Context::with_key(&self.key);
+        self.digest_under(&self.key, ip, user_agent)
+    }
+
+    /// Whether `bound`, a cookie's digest that differs from [`Self::digest`],
+    /// was made for this same client under a previous secret (a rotation).
+    /// Only a mismatch pays for this.
+    pub fn bound_before(&self, bound: u64, ip: IpAddr, user_agent: Option<&[u8]>) -> bool {
+        self.previous
+            .iter()
+            .any(|k| self.digest_under(k, ip, user_agent) == bound)
+    }
+
+    fn digest_under(&self, key: &hmac::Key, ip: IpAddr, user_agent: Option<&[u8]>) -> u64 {
+        let mut ctx = hmac::Context::with_key(key);
         if self.ip {
             let canon = ip.to_canonical();
             match canon {
@@ -97,7 +117,7 @@ mod tests {
 
     #[test]
     fn ip_binding_tells_addresses_apart() {
-        let b = Binder::new(b"0123456789abcdef", &[BindTo::Ip]).unwrap();
+        let b = Binder::new(b"0123456789abcdef", &[], &[BindTo::Ip]).unwrap();
         assert_eq!(
             b.digest(ip("10.0.0.1"), None),
             b.digest(ip("10.0.0.1"), Some(b"x"))
@@ -114,7 +134,7 @@ mod tests {
 
     #[test]
     fn prefix_binding_follows_the_24_and_the_64() {
-        let b = Binder::new(b"0123456789abcdef", &[BindTo::IpPrefix]).unwrap();
+        let b = Binder::new(b"0123456789abcdef", &[], &[BindTo::IpPrefix]).unwrap();
         assert_eq!(
             b.digest(ip("192.0.2.1"), None),
             b.digest(ip("192.0.2.254"), None)
@@ -135,7 +155,7 @@ mod tests {
 
     #[test]
     fn user_agent_binding_and_keying() {
-        let b = Binder::new(b"0123456789abcdef", &[BindTo::UserAgent]).unwrap();
+        let b = Binder::new(b"0123456789abcdef", &[], &[BindTo::UserAgent]).unwrap();
         assert_ne!(
             b.digest(ip("10.0.0.1"), Some(b"curl")),
             b.digest(ip("10.0.0.1"), Some(b"firefox"))
@@ -144,12 +164,12 @@ mod tests {
             b.digest(ip("10.0.0.1"), Some(b"curl")),
             b.digest(ip("10.9.9.9"), Some(b"curl"))
         );
-        let other = Binder::new(b"fedcba9876543210", &[BindTo::UserAgent]).unwrap();
+        let other = Binder::new(b"fedcba9876543210", &[], &[BindTo::UserAgent]).unwrap();
         assert_ne!(
             b.digest(ip("10.0.0.1"), Some(b"curl")),
             other.digest(ip("10.0.0.1"), Some(b"curl"))
         );
-        assert!(Binder::new(b"0123456789abcdef", &[]).is_none());
+        assert!(Binder::new(b"0123456789abcdef", &[], &[]).is_none());
     }
 
     /// A bound cookie from an earlier version must still match its client.
@@ -157,6 +177,7 @@ mod tests {
     fn the_binding_digest_is_frozen() {
         let b = Binder::new(
             b"0123456789abcdef",
+            &[],
             &[BindTo::Ip, BindTo::IpPrefix, BindTo::UserAgent],
         )
         .unwrap();
@@ -164,5 +185,24 @@ mod tests {
             b.digest(ip("192.0.2.7"), Some(b"curl/8")),
             18_258_276_468_648_862_604
         );
+    }
+
+    #[test]
+    fn a_binding_made_under_a_previous_secret_still_matches_its_client() {
+        let traits = [BindTo::Ip, BindTo::UserAgent];
+        let old = Binder::new(b"old-secret-0123456", &[], &traits).unwrap();
+        let bound = old.digest(ip("192.0.2.7"), Some(b"ua"));
+        let now = Binder::new(
+            b"new-secret-0123456",
+            &[b"old-secret-0123456".to_vec()],
+            &traits,
+        )
+        .unwrap();
+        assert_ne!(now.digest(ip("192.0.2.7"), Some(b"ua")), bound);
+        assert!(now.bound_before(bound, ip("192.0.2.7"), Some(b"ua")));
+        assert!(!now.bound_before(bound, ip("192.0.2.8"), Some(b"ua")));
+        assert!(!now.bound_before(bound, ip("192.0.2.7"), Some(b"other")));
+        let forgot = Binder::new(b"new-secret-0123456", &[], &traits).unwrap();
+        assert!(!forgot.bound_before(bound, ip("192.0.2.7"), Some(b"ua")));
     }
 }

@@ -73,6 +73,8 @@ pub fn app_cookie_set<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str>
 #[derive(Clone)]
 pub struct AppKeyDigest {
     key: hmac::Key,
+    /// Keys under `previous_secret_files`: pins stored before a rotation.
+    previous: Vec<hmac::Key>,
 }
 
 impl std::fmt::Debug for AppKeyDigest {
@@ -82,16 +84,38 @@ impl std::fmt::Debug for AppKeyDigest {
 }
 
 impl AppKeyDigest {
-    /// Keyed by the session secret (domain-separated from cookie MACs).
-    pub fn new(secret: &[u8]) -> AppKeyDigest {
+    /// Keyed by the session secret (domain-separated from cookie MACs);
+    /// `previous`: the secrets still accepted for cookies.
+    pub fn new(secret: &[u8], previous: &[Vec<u8>]) -> AppKeyDigest {
         AppKeyDigest {
             key: keys::derive(secret, keys::APP_KEY),
+            previous: previous
+                .iter()
+                .map(|s| keys::derive(s, keys::APP_KEY))
+                .collect(),
         }
     }
 
     /// (store key, ring key) for an app's session value.
     pub fn digest(&self, value: &str) -> (SessionKey, u64) {
-        let tag = hmac::sign(&self.key, value.as_bytes());
+        Self::digest_under(&self.key, value)
+    }
+
+    /// Whether previous secrets are configured (a rotation is under way).
+    pub fn rotated(&self) -> bool {
+        !self.previous.is_empty()
+    }
+
+    /// The store keys `value` had under the previous secrets, where a pin
+    /// learned before a rotation is still stored.
+    pub fn previous_keys<'a>(&'a self, value: &'a str) -> impl Iterator<Item = SessionKey> + 'a {
+        self.previous
+            .iter()
+            .map(move |k| Self::digest_under(k, value).0)
+    }
+
+    fn digest_under(key: &hmac::Key, value: &str) -> (SessionKey, u64) {
+        let tag = hmac::sign(key, value.as_bytes());
         let b = tag.as_ref();
         let mut k = [0u8; 16];
         k.copy_from_slice(&b[..16]);
@@ -148,8 +172,8 @@ mod tests {
 
     #[test]
     fn digests_are_keyed_and_stable() {
-        let a = AppKeyDigest::new(b"0123456789abcdef");
-        let b = AppKeyDigest::new(b"fedcba9876543210");
+        let a = AppKeyDigest::new(b"0123456789abcdef", &[]);
+        let b = AppKeyDigest::new(b"fedcba9876543210", &[]);
         assert_eq!(a.digest("x"), a.digest("x"));
         assert_ne!(a.digest("x"), a.digest("y"));
         assert_ne!(a.digest("x"), b.digest("x"));
@@ -159,7 +183,7 @@ mod tests {
     /// different digest would lose every app-key pin at an upgrade.
     #[test]
     fn the_app_key_digest_is_frozen() {
-        let (key, ring) = AppKeyDigest::new(b"0123456789abcdef").digest("JSESSIONID-value");
+        let (key, ring) = AppKeyDigest::new(b"0123456789abcdef", &[]).digest("JSESSIONID-value");
         assert_eq!(
             (key.0, ring),
             (
