@@ -44,6 +44,7 @@ pub mod limits;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+mod passthrough;
 pub mod reload;
 pub mod server;
 pub mod service;

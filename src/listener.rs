@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::framing::{Sniffed, Verdicts};
 use crate::lifecycle::{self, Activity, Counted, Drain, Ended, Limits};
 use crate::metrics::OpenConnection;
+use crate::passthrough::write_through;
 use crate::service::{self, ConnInfo, Shared};
 
 /// hyper refuses read buffers under 8 KiB; smaller `max_header_bytes` are
@@ -184,31 +185,7 @@ impl AsyncRead for Slotted {
     }
 }
 
-impl AsyncWrite for Slotted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        b: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, b)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
+write_through!([] Slotted, io);
 
 /// One accepted connection, ready to be served.
 struct Conn {

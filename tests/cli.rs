@@ -2,15 +2,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
-
-fn tether() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tether"))
-}
 
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tether-cli-{}-{name}", std::process::id()));
@@ -23,7 +17,7 @@ fn write_config(name: &str, text: &str) -> std::path::PathBuf {
 #[test]
 fn secret_prints_a_new_256_bit_secret_that_a_config_accepts() {
     let run = || {
-        let out = tether().arg("secret").output().unwrap();
+        let out = tether_bin().arg("secret").output().unwrap();
         assert_eq!(out.status.code(), Some(0));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -43,7 +37,7 @@ fn secret_prints_a_new_256_bit_secret_that_a_config_accepts() {
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[session]\nsecret_file = \"secret\"\n\
          [[backend]]\nname = \"app1\"\naddress = \"127.0.0.1:9001\"\n",
     );
-    let out = tether().args(["check", "-c"]).arg(&p).output().unwrap();
+    let out = tether_bin().args(["check", "-c"]).arg(&p).output().unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -54,7 +48,7 @@ fn secret_prints_a_new_256_bit_secret_that_a_config_accepts() {
 
 #[test]
 fn check_accepts_the_example_and_prints_the_effective_config() {
-    let out = tether()
+    let out = tether_bin()
         .args(["check", "-c"])
         .arg(repo().join("config.toml.example"))
         .output()
@@ -76,7 +70,7 @@ fn check_refuses_a_bad_file_with_exit_2_and_file_line_col() {
         "typo",
         "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[session]\nidle_timout = \"5m\"\n\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n",
     );
-    let out = tether()
+    let out = tether_bin()
         .args(["check", "--config"])
         .arg(&p)
         .output()
@@ -91,58 +85,9 @@ fn check_refuses_a_bad_file_with_exit_2_and_file_line_col() {
 #[test]
 fn run_refuses_a_bad_file_without_starting() {
     let p = write_config("nobackend", "[[listener]]\nbind = \"127.0.0.1:0\"\n");
-    let out = tether().args(["run", "-c"]).arg(&p).output().unwrap();
+    let out = tether_bin().args(["run", "-c"]).arg(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("backend"));
-}
-
-/// Starts the binary on `config`, returns it and the addresses it logged
-/// ("listening" lines, in order: proxy listeners, then the admin API).
-fn spawn_tether(
-    config: &std::path::Path,
-    listeners: usize,
-) -> (
-    std::process::Child,
-    Vec<std::net::SocketAddr>,
-    std::sync::mpsc::Receiver<String>,
-) {
-    let mut child = tether()
-        .args(["run", "-c"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut addrs = vec![];
-    while addrs.len() < listeners {
-        let line = rx.recv_timeout(HANG).expect("tether logs its addresses");
-        if line.contains("listening") {
-            let a = line
-                .split("addr=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap();
-            addrs.push(a.parse().unwrap());
-        }
-    }
-    (child, addrs, rx)
-}
-
-fn signal(child: &std::process::Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
 }
 
 #[tokio::test]
@@ -179,7 +124,7 @@ async fn sighup_reloads_the_file_and_refuses_a_broken_one() {
     assert_eq!(backends(adm).await.len(), 2, "the old config stays");
     assert_eq!(plain_get(proxy, "/", &[]).await.status, 200);
     signal(&child, "-TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let status = tokio::task::spawn_blocking(move || child.0.wait())
         .await
         .unwrap()
         .unwrap();
@@ -200,7 +145,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
         200,
         "the in-flight request finished"
     );
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let status = tokio::task::spawn_blocking(move || child.0.wait())
         .await
         .unwrap()
         .unwrap();

@@ -1,10 +1,9 @@
 //! Reload churn and `tether check`: backend names that come and go without
 //! limit, reloads off the request runtime, and a Redis store without a secret.
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,18 +39,6 @@ fn churn_config(
     }
     tether::config::from_str(&s, &repo().join("test.toml"), None)
         .unwrap_or_else(|e| panic!("churn config is invalid: {e}"))
-}
-
-/// Starts tether from an already built config.
-async fn start_config(cfg: tether::config::Config) -> Tether {
-    let running = tether::server::start(cfg, tether::clock::Clock::system())
-        .await
-        .expect("tether starts");
-    let addrs = running.addrs().to_vec();
-    Tether {
-        running: Some(running),
-        addrs,
-    }
 }
 
 /// Plain GETs without a cookie in a loop until stopped; counts what was
@@ -126,7 +113,11 @@ async fn backend_names_churn_without_limit_across_reloads() {
         Backend::start("pods").await,
     );
     let keep = [("keep-a", &a), ("keep-b", &b)];
-    let t = start_config(churn_config(&keep, 0, 0, pods.addr)).await;
+    let t = Tether::from_config(
+        churn_config(&keep, 0, 0, pods.addr),
+        tether::clock::Clock::system(),
+    )
+    .await;
     let addr = t.addr();
     let admin_addr = t.running().admin_addr().expect("admin listener");
 
@@ -217,7 +208,11 @@ async fn backend_names_churn_without_limit_across_reloads() {
 async fn a_reload_to_1000_backends_takes() {
     let (a, pods) = (Backend::start("app-a").await, Backend::start("pods").await);
     let keep = [("keep-a", &a)];
-    let t = start_config(churn_config(&keep, 0, 0, pods.addr)).await;
+    let t = Tether::from_config(
+        churn_config(&keep, 0, 0, pods.addr),
+        tether::clock::Clock::system(),
+    )
+    .await;
     let mut took = vec![];
     for generation in 1..=3 {
         let next = churn_config(&keep, generation, 999, pods.addr);
@@ -241,70 +236,11 @@ async fn a_reload_to_1000_backends_takes() {
 
 // ---------------------------------------------------------------- the binary
 
-fn tether_bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tether"))
-}
-
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tether-robust-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// A child process killed (and reaped) when the test ends, passing or not.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `tether run` on `config`, returns it, the addresses it logged
-/// ("listening" lines, in order: proxy listeners, then the admin API) and its
-/// log lines.
-fn spawn_tether(
-    config: &Path,
-    listeners: usize,
-) -> (Proc, Vec<SocketAddr>, std::sync::mpsc::Receiver<String>) {
-    let mut child = tether_bin()
-        .args(["run", "-c"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let child = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut addrs = vec![];
-    while addrs.len() < listeners {
-        let line = rx.recv_timeout(HANG).expect("tether logs its addresses");
-        if line.contains("listening") {
-            let a = line
-                .split("addr=")
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next())
-                .expect("an addr= field");
-            addrs.push(a.parse().unwrap());
-        }
-    }
-    (child, addrs, rx)
-}
-
-fn signal(child: &Proc, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
 }
 
 /// Writes `text` into the FIFO at `path` from another thread: the write

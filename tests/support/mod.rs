@@ -207,6 +207,11 @@ impl Tether {
     pub async fn start_on(toml: &str, clock: tether::clock::Clock) -> Tether {
         let cfg = tether::config::from_str(toml, &repo().join("test.toml"), None)
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
+        Tether::from_config(cfg, clock).await
+    }
+
+    /// Starts tether from an already built config.
+    pub async fn from_config(cfg: tether::config::Config, clock: tether::clock::Clock) -> Tether {
         let running = tether::server::start(cfg, clock)
             .await
             .expect("tether starts");
@@ -685,4 +690,68 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+// ---------------------------------------------------------------- the binary
+
+/// The built `tether` binary, ready for arguments.
+pub fn tether_bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+}
+
+/// A child process killed (and reaped) when the test ends, passing or not.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tether run` on `config`, returns it, the addresses it logged
+/// ("listening" lines, in order: proxy listeners, then the admin API) and its
+/// log lines.
+pub fn spawn_tether(
+    config: &Path,
+    listeners: usize,
+) -> (Proc, Vec<SocketAddr>, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = tether_bin()
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addrs = vec![];
+    while addrs.len() < listeners {
+        let line = rx.recv_timeout(HANG).expect("tether logs its addresses");
+        if line.contains("listening") {
+            let a = line
+                .split("addr=")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .expect("an addr= field");
+            addrs.push(a.parse().unwrap());
+        }
+    }
+    (child, addrs, rx)
+}
+
+/// Sends `sig` (as `kill` spells it, e.g. `-HUP`) to the process.
+pub fn signal(child: &Proc, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
 }

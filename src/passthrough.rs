@@ -1,0 +1,45 @@
+//! The write half of a socket wrapper that only watches its reads: every
+//! `AsyncWrite` call goes straight to the wrapped stream, vectored writes
+//! included, so the wrapper costs nothing on the way out.
+
+/// `write_through!([T] Wrapper<T>, field)` implements `AsyncWrite` for
+/// `Wrapper<T>` by handing every call to `self.field` (`[]` when the wrapper
+/// has no type parameter). The field must be `Unpin`.
+macro_rules! write_through {
+    ([$($g:ident)?] $ty:ty, $field:ident) => {
+        impl<$($g: ::tokio::io::AsyncWrite + Unpin)?> ::tokio::io::AsyncWrite for $ty {
+            fn poll_write(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                b: &[u8],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                ::tokio::io::AsyncWrite::poll_write(::std::pin::Pin::new(&mut self.$field), cx, b)
+            }
+            fn poll_flush(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::tokio::io::AsyncWrite::poll_flush(::std::pin::Pin::new(&mut self.$field), cx)
+            }
+            fn poll_shutdown(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::tokio::io::AsyncWrite::poll_shutdown(::std::pin::Pin::new(&mut self.$field), cx)
+            }
+            fn poll_write_vectored(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                bufs: &[::std::io::IoSlice<'_>],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                let io = ::std::pin::Pin::new(&mut self.$field);
+                ::tokio::io::AsyncWrite::poll_write_vectored(io, cx, bufs)
+            }
+            fn is_write_vectored(&self) -> bool {
+                ::tokio::io::AsyncWrite::is_write_vectored(&self.$field)
+            }
+        }
+    };
+}
+
+pub(crate) use write_through;
