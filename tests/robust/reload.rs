@@ -203,37 +203,6 @@ async fn backend_names_churn_without_limit_across_reloads() {
     t.stop().await;
 }
 
-/// The figure for the notes: one reload to 1,000 fresh backend names.
-#[tokio::test]
-async fn a_reload_to_1000_backends_takes() {
-    let (a, pods) = (Backend::start("app-a").await, Backend::start("pods").await);
-    let keep = [("keep-a", &a)];
-    let t = Tether::from_config(
-        churn_config(&keep, 0, 0, pods.addr),
-        tether::clock::Clock::system(),
-    )
-    .await;
-    let mut took = vec![];
-    for generation in 1..=3 {
-        let next = churn_config(&keep, generation, 999, pods.addr);
-        let started = Instant::now();
-        t.running().apply(next).expect("reload applies");
-        took.push(started.elapsed());
-        assert_eq!(plain_get(t.addr(), "/", &[]).await.status, 200);
-    }
-    took.sort();
-    println!(
-        "reload to 1000 new backend names: median {:?} of {took:?} ({} build)",
-        took[1],
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
-    t.stop().await;
-}
-
 // ---------------------------------------------------------------- the binary
 
 fn temp_dir(name: &str) -> PathBuf {
