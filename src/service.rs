@@ -214,10 +214,15 @@ async fn proxy<'s>(
     mut req: Request<Incoming>,
 ) -> Result<Done, (ProxyError, Option<&'s Arc<Backend>>)> {
     let now = shared.clock.now_ms();
-    let mut plan = if snap.sticky {
-        sticky_plan(shared, snap, conn, &req, now)
-            .await
-            .map_err(|e| (e, None))?
+    // Each async layer is a future moved whole into its caller's state, so
+    // the request path awaits the planning and sending steps directly.
+    let planned = match &snap.source {
+        _ if !snap.sticky => None,
+        KeySource::Cookie(name) => Some(cookie_plan(shared, snap, conn, &req, name, now).await),
+        _ => Some(app_plan(shared, snap, conn, &req, now).await),
+    };
+    let mut plan = if let Some(planned) = planned {
+        planned.map_err(|e| (e, None))?
     } else {
         snap.balancer
             .rotate(&snap.backends)
@@ -230,8 +235,25 @@ async fn proxy<'s>(
             .ok_or((ProxyError::NoBackend, None))?
     };
     let client_upgrade = headers::wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let outbound = outbound(snap, conn, req, plan.state);
-    let (mut resp, lease) = send(shared, snap, conn, &mut plan, outbound, now).await?;
+    let Outbound { req, replay, watch } = outbound(snap, conn, req, plan.state);
+    let sent_at = attempt(&snap.backends[plan.backend]);
+    let sent = snap.upstreams[plan.backend]
+        .send(
+            req,
+            replay.as_ref(),
+            watch.as_deref(),
+            &snap.upstream_timeouts,
+        )
+        .await;
+    let (mut resp, lease) = match sent {
+        Ok(ok) => {
+            delivered(shared, &snap.backends[plan.backend], sent_at);
+            ok
+        }
+        // Rare, and boxed so that the retry's state does not widen every
+        // request's future (moved whole at each await).
+        Err(e) => Box::pin(retry(shared, snap, conn, &mut plan, e, replay, watch, now)).await?,
+    };
 
     let backend = &snap.backends[plan.backend];
     let upstream_upgrade =
@@ -315,58 +337,64 @@ fn outbound(
     }
 }
 
-/// Sends the request to the plan's backend; after a failure that left the
-/// request replayable, once more on the next backend, moving the session
-/// with it.
-async fn send<'s>(
+/// Counts an attempt on `b`; when it started.
+#[inline]
+fn attempt(b: &Backend) -> Instant {
+    b.requests.fetch_add(1, Ordering::Relaxed);
+    Instant::now()
+}
+
+/// A response head came back from `b`.
+#[inline]
+fn delivered(shared: &Shared, b: &Backend, sent_at: Instant) {
+    b.passive_success();
+    shared
+        .metrics
+        .upstream_latency(b.id.0 as usize, sent_at.elapsed());
+}
+
+/// After the first attempt failed: when that left the request replayable,
+/// once more on the next backend, moving the session with it.
+#[allow(clippy::too_many_arguments)]
+async fn retry<'s>(
     shared: &Shared,
     snap: &'s Snapshot,
     conn: ConnInfo,
     plan: &mut Plan,
-    out: Outbound,
+    first: SendError,
+    replay: Option<Replay>,
+    watch: Option<Arc<BodyWatch>>,
     now: u64,
 ) -> Result<(Response<Incoming>, Lease), (ProxyError, Option<&'s Arc<Backend>>)> {
-    let Outbound {
-        mut req,
-        replay,
-        watch,
-    } = out;
-    let mut attempt = 0;
-    loop {
-        let b = &snap.backends[plan.backend];
-        b.requests.fetch_add(1, Ordering::Relaxed);
-        let sent_at = Instant::now();
-        let sent = snap.upstreams[plan.backend]
-            .send(
-                req,
-                replay.as_ref(),
-                watch.as_deref(),
-                &snap.upstream_timeouts,
-            )
-            .await;
-        let SendError { failure, request } = match sent {
-            Ok(ok) => {
-                b.passive_success();
-                shared
-                    .metrics
-                    .upstream_latency(b.id.0 as usize, sent_at.elapsed());
-                return Ok(ok);
-            }
-            Err(e) => e,
-        };
-        let (err, again) = failed(snap, b, watch.as_deref(), failure, request, replay.as_ref())
-            .map_err(|e| (e, Some(b)))?;
-        let retry = match (again, attempt) {
-            (Some(r), 0) => next_backend(snap, plan).map(|n| (r, n)),
-            _ => None,
-        };
-        let Some((mut r, next)) = retry else {
-            return Err((err, Some(b)));
-        };
-        tracing::warn!(backend = &*b.name, peer = %conn.peer, error = %err, "retrying on the next backend");
-        attempt += 1;
-        move_after_retry(shared, snap, plan, next, &mut r, now).await;
-        req = r;
+    let b = &snap.backends[plan.backend];
+    let SendError { failure, request } = first;
+    let (err, again) = failed(snap, b, watch.as_deref(), failure, request, replay.as_ref())
+        .map_err(|e| (e, Some(b)))?;
+    let Some((mut r, next)) = again.and_then(|r| next_backend(snap, plan).map(|n| (r, n))) else {
+        return Err((err, Some(b)));
+    };
+    tracing::warn!(backend = &*b.name, peer = %conn.peer, error = %err, "retrying on the next backend");
+    move_after_retry(shared, snap, plan, next, &mut r, now).await;
+    let b = &snap.backends[plan.backend];
+    let sent_at = attempt(b);
+    let sent = snap.upstreams[plan.backend]
+        .send(
+            r,
+            replay.as_ref(),
+            watch.as_deref(),
+            &snap.upstream_timeouts,
+        )
+        .await;
+    match sent {
+        Ok(ok) => {
+            delivered(shared, b, sent_at);
+            Ok(ok)
+        }
+        Err(SendError { failure, request }) => {
+            let (err, _) = failed(snap, b, watch.as_deref(), failure, request, replay.as_ref())
+                .map_err(|e| (e, Some(b)))?;
+            Err((err, Some(b)))
+        }
     }
 }
 
@@ -479,20 +507,6 @@ impl decide::Table for View<'_> {
 
     fn failover(&self, ring_key: u64, from: Option<usize>) -> Option<usize> {
         self.0.balancer.failover(ring_key, from, &self.0.backends)
-    }
-}
-
-/// The session decision for a sticky request, carried out.
-async fn sticky_plan(
-    shared: &Shared,
-    snap: &Snapshot,
-    conn: ConnInfo,
-    req: &Request<Incoming>,
-    now: u64,
-) -> Result<Plan, ProxyError> {
-    match &snap.source {
-        KeySource::Cookie(name) => cookie_plan(shared, snap, conn, req, name, now).await,
-        _ => app_plan(shared, snap, conn, req, now).await,
     }
 }
 
