@@ -6,7 +6,7 @@
 //!
 //! The tracker follows message boundaries (head, then a Content-Length or
 //! chunked body) on the bytes hyper reads and records which request heads
-//! (by their index on the connection) were ambiguous; `service.rs` answers
+//! (by their index on the connection) were ambiguous; `service/` answers
 //! those with 400. It gives up quietly (flags nothing more) on anything it
 //! does not model: an upgrade, HTTP/2, a head over its size cap, a malformed
 //! chunk (hyper rejects those itself).

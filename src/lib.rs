@@ -5,9 +5,10 @@
 //! reaches its absolute lifetime, is ended by the app, or its backend goes away.
 //!
 //! ```text
-//! request path: one way; service.rs hands each stage's output to the next
+//! request path: one way; service/ hands each stage's output to the next
+//! (service/plan.rs: the session's store I/O; service/forward.rs: the upstream attempt and one retry)
 //!
-//! main.rs → server.rs → listener.rs → tls.rs → service.rs ─┬─▶ hygiene.rs             request → refused (400/431) or routed
+//! main.rs → server.rs → listener.rs → tls.rs → service/   ─┬─▶ hygiene.rs             request → refused (400/431) or routed
 //!              lifecycle.rs: each connection's deadlines    ├─▶ session/source+cookie  request → affinity key, verified pin
 //!                                                           ├─▶ store/                 key → record (or "unavailable")
 //!                                                           ├─▶ session/decide         (key, pin, record, now, eligible?) → decision
@@ -20,10 +21,10 @@
 //! control plane: writes shared state; nothing on the request path calls it
 //!
 //! server.rs   ──spawns──────────────▶ listeners, health.rs, admin/, reload.rs, store reaper
-//! reload.rs   ──swaps───────────────▶ snapshot.rs   ◀── read by service.rs, listener.rs, balancer/
+//! reload.rs   ──swaps───────────────▶ snapshot.rs   ◀── read by service/, listener.rs, balancer/
 //! health.rs   ──sets status─────────▶ backends.rs   ◀── read by balancer/, admin/
 //! admin/      ──drain/disable/enable▶ backends.rs ; reads metrics/ and store/ counts
-//! service.rs  ──passive failure streak▶ backends.rs (an increment, not a decision)
+//! service/    ──passive failure streak▶ backends.rs (an increment, not a decision)
 //! ```
 
 pub mod admin;

@@ -1,7 +1,7 @@
 //! HTTP/1.1 to backends: a keep-alive connection pool per backend, connect and
 //! response timeouts, and failures classified by whether the request could
 //! have reached the backend (only requests that never did may be retried
-//! elsewhere; the *decision* to retry is `service.rs`'s).
+//! elsewhere; the *decision* to retry is `service/`'s).
 //!
 //! A pooled connection goes back to its pool when the response body has been
 //! read to its end (see [`Lease`]); a body dropped half-read takes its

@@ -2,7 +2,7 @@
 //! presents (tether's cookie, or an app's key), what the store said, `now`
 //! and the timeouts, which state the session is in, where it goes, what the
 //! response's cookie carries, what the store must be told and which pin was
-//! lost. Does no I/O and counts nothing: `service.rs` asks the store, carries
+//! lost. Does no I/O and counts nothing: `service/` asks the store, carries
 //! out the [`Decision`] and derives the metrics from it. The backend table
 //! comes in through [`Table`], so the balancer and the backends' status stay
 //! outside and the whole table of outcomes is tested without sockets.
@@ -22,7 +22,7 @@ pub enum Gone {
     Removed,
 }
 
-/// The backend table as a decision sees it. `service.rs` answers from the
+/// The backend table as a decision sees it. `service/` answers from the
 /// snapshot (backends' status, the ring); the tests from a small array.
 pub trait Table {
     /// The index of the backend a pin names, if it is still configured.
@@ -399,7 +399,7 @@ fn standing_for_cookie(c: &Claims, found: Found, now_ms: u64, t: Timeouts) -> St
 /// Where a request keyed by an app's value (app cookie, header, query)
 /// stands. The store is the only shared memory of such keys, and anyone can
 /// invent them, so a key enters the store only when a backend taught it
-/// (learned from `Set-Cookie`, written by `service.rs`) or a client presents
+/// (learned from `Set-Cookie`, written by `service/`) or a client presents
 /// it a second time; until then the ring places it, which every instance
 /// computes alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,253 @@
+//! The upstream half of the request path: the request as a backend receives
+//! it, what a failed attempt means, and the one safe retry on the next
+//! backend (the session moving with it).
+
+use super::*;
+
+/// The request as the first backend receives it, and what a second attempt
+/// needs.
+pub(super) struct Outbound {
+    pub(super) req: Request<Body>,
+    /// Set when the request can be rebuilt and sent again.
+    pub(super) replay: Option<Replay>,
+    /// Set when the request has a body that can break or stall.
+    pub(super) watch: Option<Arc<BodyWatch>>,
+}
+
+/// Rewrites the client's request for the backend.
+pub(super) fn outbound(
+    snap: &Snapshot,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    state: SessionState,
+) -> Outbound {
+    let (mut parts, body) = req.into_parts();
+    let strip = snap.strip_cookie.then_some(snap.cookie_plain.name.as_str());
+    headers::to_upstream(&mut parts, conn.peer.ip(), conn.tls, strip);
+    headers::set_session_state(&mut parts.headers, state);
+    // An idempotent request without a body can be rebuilt and replayed if a
+    // backend breaks before answering; anything else is sent at most once
+    // after its bytes may have reached a backend.
+    let replay = (is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body))
+        .then(|| Replay::new(&parts));
+    // Only a request with a body can break or stall mid-stream.
+    let (body, watch) = if http_body::Body::is_end_stream(&body) {
+        (Body::stream(body), None)
+    } else {
+        let watch = Arc::new(BodyWatch::default());
+        let body = Body::Request {
+            inner: body,
+            watch: watch.clone(),
+            pause: snap.client_body,
+            timer: None,
+        };
+        (body, Some(watch))
+    };
+    Outbound {
+        req: Request::from_parts(parts, body),
+        replay,
+        watch,
+    }
+}
+
+/// Counts an attempt on `b`; when it started.
+#[inline]
+pub(super) fn attempt(b: &Backend) -> Instant {
+    b.requests.fetch_add(1, Ordering::Relaxed);
+    Instant::now()
+}
+
+/// A response head came back from `b`.
+#[inline]
+pub(super) fn delivered(shared: &Shared, b: &Backend, sent_at: Instant) {
+    b.passive_success();
+    shared
+        .metrics
+        .upstream_latency(b.id.0 as usize, sent_at.elapsed());
+}
+
+/// After the first attempt failed: when that left the request replayable,
+/// once more on the next backend, moving the session with it.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn retry<'s>(
+    shared: &Shared,
+    snap: &'s Snapshot,
+    conn: ConnInfo,
+    plan: &mut Plan,
+    first: SendError,
+    replay: Option<Replay>,
+    watch: Option<Arc<BodyWatch>>,
+    now: u64,
+) -> Result<(Response<Incoming>, Lease), (ProxyError, Option<&'s Arc<Backend>>)> {
+    let b = &snap.backends[plan.backend];
+    let SendError { failure, request } = first;
+    let (err, again) = failed(snap, b, watch.as_deref(), failure, request, replay.as_ref())
+        .map_err(|e| (e, Some(b)))?;
+    let Some((mut r, next)) = again.and_then(|r| next_backend(snap, plan).map(|n| (r, n))) else {
+        return Err((err, Some(b)));
+    };
+    tracing::warn!(backend = &*b.name, peer = %conn.peer, error = %err, "retrying on the next backend");
+    move_after_retry(shared, snap, plan, next, &mut r, now).await;
+    let b = &snap.backends[plan.backend];
+    let sent_at = attempt(b);
+    let sent = snap.upstreams[plan.backend]
+        .send(
+            r,
+            replay.as_ref(),
+            watch.as_deref(),
+            &snap.upstream_timeouts,
+        )
+        .await;
+    match sent {
+        Ok(ok) => {
+            delivered(shared, b, sent_at);
+            Ok(ok)
+        }
+        Err(SendError { failure, request }) => {
+            let (err, _) = failed(snap, b, watch.as_deref(), failure, request, replay.as_ref())
+                .map_err(|e| (e, Some(b)))?;
+            Err((err, Some(b)))
+        }
+    }
+}
+
+/// What a failed attempt on backend `b` means. `Err`: the client's body
+/// broke or stalled, its fault and not the backend's. `Ok`: the backend's
+/// error, and the request to try elsewhere when nothing reached `b` or the
+/// request can be rebuilt.
+pub(super) fn failed(
+    snap: &Snapshot,
+    b: &Backend,
+    watch: Option<&BodyWatch>,
+    failure: Failure,
+    request: Option<Request<Body>>,
+    replay: Option<&Replay>,
+) -> Result<(ProxyError, Option<Request<Body>>), ProxyError> {
+    match (watch.map_or(0, BodyWatch::get), &failure) {
+        (BODY_BROKEN, Failure::Broken(_) | Failure::Dropped(_)) => {
+            return Err(ProxyError::BadRequest("malformed request body"));
+        }
+        (BODY_STALLED, Failure::Broken(_) | Failure::Dropped(_)) => {
+            return Err(ProxyError::BodyTimeout);
+        }
+        _ => {}
+    }
+    let name = &*b.name;
+    b.failures.fetch_add(1, Ordering::Relaxed);
+    // A kept-alive connection the backend closed under a request
+    // says nothing about its health (its next connect will).
+    let unreachable = matches!(failure, Failure::Connect(_) | Failure::Broken(_));
+    if unreachable && b.passive_failure(snap.passive_threshold) {
+        tracing::warn!(
+            backend = name,
+            failures = snap.passive_threshold,
+            "backend is down (passive: requests failed in a row)"
+        );
+    }
+    if matches!(failure, Failure::Dropped(_)) {
+        tracing::warn!(
+            backend = name,
+            "backend closed an idle connection as a request was sent; \
+             set timeouts.upstream_idle below its keep-alive timeout"
+        );
+    }
+    Ok(match failure {
+        Failure::Connect(source) => (
+            ProxyError::Connect {
+                backend: name.to_string(),
+                source,
+            },
+            request,
+        ),
+        Failure::Broken(source) | Failure::Dropped(source) => (
+            ProxyError::Upstream {
+                backend: name.to_string(),
+                source,
+            },
+            replay.map(Replay::build),
+        ),
+        Failure::Timeout => (
+            ProxyError::Timeout {
+                backend: name.to_string(),
+            },
+            None,
+        ),
+    })
+}
+
+/// RFC 9110 section 9.2.2: methods whose repetition has the same effect.
+pub(super) fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
+/// The backend to retry on after the first one refused the connection.
+pub(super) fn next_backend(snap: &Snapshot, plan: &Plan) -> Option<usize> {
+    if snap.sticky {
+        snap.balancer
+            .failover(plan.ring_key, Some(plan.backend), &snap.backends)
+    } else {
+        snap.balancer.rotate_retry(plan.backend, &snap.backends)
+    }
+}
+
+/// After a retry moved a request to backend `next`, a sticky session moves
+/// with it: a live session's pin is lost (`failover`), a session minted for
+/// this request only changed its first placement.
+pub(super) async fn move_after_retry(
+    shared: &Shared,
+    snap: &Snapshot,
+    plan: &mut Plan,
+    next: usize,
+    r: &mut Request<Body>,
+    now: u64,
+) {
+    let from = plan.backend;
+    plan.backend = next;
+    if !snap.sticky {
+        return;
+    }
+    let (state, pin_lost) = plan.state.after_retry();
+    if pin_lost {
+        let lost = PinLoss::Moved {
+            from: Some(from),
+            why: Gone::Down,
+        };
+        count_pin_lost(shared, snap, lost, next);
+    }
+    plan.state = state;
+    headers::set_session_state(r.headers_mut(), plan.state);
+    let b = &snap.backends[next];
+    match &mut plan.session {
+        Sess::None => {}
+        Sess::Cookie {
+            claims,
+            send_cookie,
+            stored,
+        } => {
+            claims.backend = b.tag;
+            claims.seen_ms = now;
+            *send_cookie = true;
+            if *stored {
+                shared
+                    .store
+                    .repin(SessionKey(claims.id.as_u128()), b.id, now)
+                    .await;
+            }
+        }
+        Sess::App {
+            key: Some(k),
+            stored: true,
+        } => {
+            shared.store.repin(*k, b.id, now).await;
+        }
+        Sess::App { .. } => {}
+    }
+}
