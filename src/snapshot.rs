@@ -140,6 +140,7 @@ impl Snapshot {
             same_site,
             secure,
             http_only: s.http_only,
+            partitioned: s.partitioned,
         };
         let (secure_plain, secure_tls) = match s.secure {
             config::Secure::Auto => (false, true),

@@ -135,6 +135,34 @@ async fn cookie_attributes_on_tls_and_plain() {
     assert!(!c.contains("HttpOnly"), "{c}");
 }
 
+/// CHIPS: an embedded (third-party) app keeps its session only with a partitioned cookie,
+/// which browsers accept only with `Secure` and `SameSite=None`.
+#[tokio::test]
+async fn partitioned_cookie_on_tls_is_secure_and_same_site_none() {
+    let a = Backend::start("app1").await;
+    let t = Tether::start(&config_tls(
+        "same_site = \"none\"\nsecure = \"always\"\npartitioned = true",
+        &[&a],
+    ))
+    .await;
+    let r = send(
+        t.addrs[0],
+        Proto::TlsH1,
+        get("/").body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await;
+    let c = r.set_cookie("tether_sid").unwrap();
+    for attr in [
+        "Partitioned",
+        "Secure",
+        "SameSite=None",
+        "HttpOnly",
+        "Path=/",
+    ] {
+        assert!(c.contains(attr), "partitioned cookie lacks {attr}: {c}");
+    }
+}
+
 #[tokio::test]
 async fn http2_over_tls() {
     let a = Backend::start("app1").await;

@@ -55,6 +55,7 @@ impl Config {
                 same_site: u(s.same_site),
                 secure: u(s.secure),
                 http_only: s.http_only,
+                partitioned: u(s.partitioned),
                 path: u(s.path.clone()),
                 domain: s.domain.clone().map(u),
                 strip_cookie: s.strip_cookie,

@@ -272,6 +272,8 @@ pub struct Session {
     pub secure: Spanned<Secure>,
     /// `http_only`.
     pub http_only: bool,
+    /// `partitioned`.
+    pub partitioned: Spanned<bool>,
     /// `path`.
     pub path: Spanned<String>,
     /// `domain`.
@@ -304,6 +306,7 @@ impl Default for Session {
             same_site: unspanned(SameSite::Lax),
             secure: unspanned(Secure::Auto),
             http_only: true,
+            partitioned: unspanned(false),
             path: unspanned("/".into()),
             domain: None,
             strip_cookie: true,

@@ -129,6 +129,8 @@ pub struct Session {
     pub secure: Secure,
     /// `HttpOnly` attribute.
     pub http_only: bool,
+    /// CHIPS `Partitioned` attribute (checked: only with `SameSite=None` and Secure).
+    pub partitioned: bool,
     /// `Path` attribute.
     pub path: String,
     /// `Domain` attribute, if any.

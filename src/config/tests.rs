@@ -163,7 +163,7 @@ fn the_example_file_loads() {
     // Every key of SPEC §2 is in the example (set or commented out).
     const KEYS: &str = "bind tls cert key mode source cookie app_cookie header \
         query_param idle_timeout absolute_timeout secret_file previous_secret_files same_site \
-        secure http_only path domain strip_cookie balance_factor bind_to on_mismatch kind url \
+        secure http_only partitioned path domain strip_cookie balance_factor bind_to on_mismatch kind url \
         max_sessions name address weight interval timeout rise fall connect response \
         client_header client_body keepalive tunnel shutdown_grace max_connections max_header_bytes \
         session_rate session_burst new_session_rate worker_threads token_file format access";
@@ -200,7 +200,7 @@ fn line_and_column_count_characters() {
 fn unknown_key() {
     assert_eq!(
         err("[session]\nmode = \"sticky\"\nidle_timout = \"5m\""),
-        "tether.toml:3:1: unknown field `idle_timout`, expected one of `mode`, `source`, `cookie`, `app_cookie`, `header`, `query_param`, `idle_timeout`, `absolute_timeout`, `secret`, `secret_file`, `previous_secret_files`, `same_site`, `secure`, `http_only`, `path`, `domain`, `strip_cookie`, `balance_factor`, `bind_to`, `on_mismatch`"
+        "tether.toml:3:1: unknown field `idle_timout`, expected one of `mode`, `source`, `cookie`, `app_cookie`, `header`, `query_param`, `idle_timeout`, `absolute_timeout`, `secret`, `secret_file`, `previous_secret_files`, `same_site`, `secure`, `http_only`, `partitioned`, `path`, `domain`, `strip_cookie`, `balance_factor`, `bind_to`, `on_mismatch`"
     );
     assert_eq!(
         err("[storage]\nkind = \"memory\""),
@@ -613,9 +613,33 @@ fn cookie_names_are_tokens() {
 fn same_site_none_needs_secure() {
     assert_eq!(
         err("[session]\nsame_site = \"none\"\nsecure = \"never\""),
-        "tether.toml:2:13: same_site = \"none\" needs Secure, but secure = \"never\": browsers drop such cookies; use secure = \"always\" or \"auto\""
+        "tether.toml:2:13: same_site = \"none\" needs Secure, but secure = \"never\": browsers drop such cookies; set secure = \"always\" or \"auto\" with only tls listeners"
     );
     ok("[session]\nsame_site = \"none\"\nsecure = \"always\"");
+    // `auto` leaves Secure off the plain listener BASE adds.
+    assert_eq!(
+        err("[session]\nsame_site = \"none\""),
+        "tether.toml:2:13: same_site = \"none\" needs Secure, but secure = \"auto\" leaves it off on plain listeners: browsers drop such cookies; set secure = \"always\" or use only tls listeners"
+    );
+}
+
+#[test]
+fn partitioned_needs_same_site_none_and_secure() {
+    assert_eq!(
+        err("[session]\npartitioned = true\nsecure = \"always\""),
+        "tether.toml:2:15: partitioned = true needs same_site = \"none\" and Secure, but same_site = \"lax\": browsers refuse such cookies; set same_site = \"none\""
+    );
+    assert_eq!(
+        err("[session]\npartitioned = true\nsame_site = \"none\"\nsecure = \"never\""),
+        "tether.toml:2:15: partitioned = true needs same_site = \"none\" and Secure, but secure = \"never\": browsers refuse such cookies; set secure = \"always\" or use only tls listeners"
+    );
+    assert_eq!(
+        err("[session]\npartitioned = true\nsame_site = \"none\""),
+        "tether.toml:2:15: partitioned = true needs same_site = \"none\" and Secure, but secure = \"auto\" leaves it off on plain listeners: browsers refuse such cookies; set secure = \"always\" or use only tls listeners"
+    );
+    let c = ok("[session]\npartitioned = true\nsame_site = \"none\"\nsecure = \"always\"");
+    assert!(c.session.partitioned);
+    assert!(!ok("").session.partitioned);
 }
 
 #[test]

@@ -223,6 +223,8 @@ pub struct CookieAttrs {
     pub secure: bool,
     /// Whether to add `HttpOnly`.
     pub http_only: bool,
+    /// Whether to add CHIPS `Partitioned` (the cookie crate then always writes `Secure` too).
+    pub partitioned: bool,
 }
 
 impl CookieAttrs {
@@ -272,7 +274,8 @@ impl CookieAttrs {
     }
 
     /// `Set-Cookie` that removes the cookie (SPEC §3 `end`): empty value, `Max-Age=0`, and the
-    /// same name, path and domain, since browsers only replace a cookie with matching scope.
+    /// same name, path, domain and `Partitioned`, since browsers only replace a cookie with
+    /// matching scope, and a partitioned cookie lives in a jar of its own.
     ///
     /// # Panics
     ///
@@ -294,7 +297,8 @@ impl CookieAttrs {
             .path(self.path.as_str())
             .same_site(same_site)
             .secure(self.secure)
-            .http_only(self.http_only);
+            .http_only(self.http_only)
+            .partitioned(self.partitioned);
         match &self.domain {
             Some(domain) => builder.domain(domain.as_str()),
             None => builder,

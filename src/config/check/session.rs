@@ -117,11 +117,39 @@ impl Cx<'_> {
 
         let secure = *raw.secure.get_ref();
         let same_site = *raw.same_site.get_ref();
-        if same_site == SameSite::None && secure == Secure::Never {
-            return Err(self.on(
-                &raw.same_site,
-                "same_site = \"none\" needs Secure, but secure = \"never\": browsers drop such cookies; use secure = \"always\" or \"auto\"",
-            ));
+        let partitioned = *raw.partitioned.get_ref();
+        let no_secure = secure_missing(secure, all_tls);
+        if partitioned {
+            let why = match (same_site, no_secure) {
+                (SameSite::None, None) => None,
+                (SameSite::None, Some(why)) => Some(format!(
+                    "{why}: browsers refuse such cookies; set secure = \"always\" or use only tls listeners"
+                )),
+                (other, _) => Some(format!(
+                    "but same_site = {}: browsers refuse such cookies; set same_site = \"none\"",
+                    toml::Value::try_from(other)
+                        .map(|v| v.to_string())
+                        .unwrap_or_default()
+                )),
+            };
+            if let Some(why) = why {
+                return Err(self.on(
+                    &raw.partitioned,
+                    format!("partitioned = true needs same_site = \"none\" and Secure, {why}"),
+                ));
+            }
+        }
+        if same_site == SameSite::None {
+            if let Some(why) = no_secure {
+                let fix = match secure {
+                    Secure::Never => "set secure = \"always\" or \"auto\" with only tls listeners",
+                    _ => "set secure = \"always\" or use only tls listeners",
+                };
+                return Err(self.on(
+                    &raw.same_site,
+                    format!("same_site = \"none\" needs Secure, {why}: browsers drop such cookies; {fix}"),
+                ));
+            }
         }
         let path = raw.path.get_ref();
         if !path.starts_with('/') || !path.chars().all(|c| c.is_ascii_graphic() && c != ';') {
@@ -177,6 +205,7 @@ impl Cx<'_> {
             same_site,
             secure,
             http_only: raw.http_only,
+            partitioned,
             path: raw.path.into_inner(),
             domain: raw.domain.map(Spanned::into_inner),
             strip_cookie: raw.strip_cookie,
@@ -198,16 +227,7 @@ impl Cx<'_> {
         } else {
             return Ok(());
         };
-        let secure = match raw.secure.get_ref() {
-            Secure::Always => true,
-            Secure::Auto => all_tls,
-            Secure::Never => false,
-        };
-        if !secure {
-            let why = match raw.secure.get_ref() {
-                Secure::Never => "but secure = \"never\"",
-                _ => "but secure = \"auto\" leaves it off on plain listeners",
-            };
+        if let Some(why) = secure_missing(*raw.secure.get_ref(), all_tls) {
             return Err(self.on(
                 &raw.cookie,
                 format!(
@@ -230,6 +250,17 @@ impl Cx<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Why some cookie tether issues would lack `Secure`, as the tail of a message ("but ..."), or
+/// `None` when every cookie gets it.
+fn secure_missing(secure: Secure, all_tls: bool) -> Option<&'static str> {
+    match secure {
+        Secure::Always => None,
+        Secure::Auto if all_tls => None,
+        Secure::Auto => Some("but secure = \"auto\" leaves it off on plain listeners"),
+        Secure::Never => Some("but secure = \"never\""),
     }
 }
 

@@ -24,6 +24,7 @@ fn attrs() -> CookieAttrs {
         same_site: SameSite::Lax,
         secure: true,
         http_only: true,
+        partitioned: false,
     }
 }
 
@@ -222,6 +223,29 @@ fn set_cookie_attributes() {
         a.set_cookie("v"),
         "tether_sid=v; HttpOnly; SameSite=None; Path=/"
     );
+}
+
+#[test]
+fn partitioned_cookie_and_its_clearing_cookie_carry_partitioned() {
+    let a = CookieAttrs {
+        same_site: SameSite::None,
+        partitioned: true,
+        ..attrs()
+    };
+    assert_eq!(
+        a.set_cookie("v"),
+        "tether_sid=v; HttpOnly; SameSite=None; Partitioned; Secure; Path=/"
+    );
+    // Browsers only clear a partitioned cookie with a partitioned Set-Cookie.
+    assert_eq!(
+        a.clear_cookie(),
+        "tether_sid=; HttpOnly; SameSite=None; Partitioned; Secure; Path=/; Max-Age=0"
+    );
+    assert!(!attrs()
+        .set_cookie("v")
+        .to_str()
+        .unwrap()
+        .contains("Partitioned"));
 }
 
 #[test]
