@@ -5,6 +5,10 @@ mod support;
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
 use support::*;
 
 fn with_admin(cfg: String) -> String {
@@ -119,4 +123,41 @@ async fn strict_session_is_refused_while_its_backend_is_stopped() {
         "{r:?}"
     );
     assert_eq!(r.state(), "continued");
+}
+
+/// A gRPC call with no eligible backend (its only backend disabled).
+async fn grpc_call(addr: SocketAddr, proto: Proto, content_type: &str) -> Resp {
+    let req = Request::post("/helloworld.Greeter/SayHello")
+        .header("content-type", content_type)
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    send(addr, proto, req).await
+}
+
+#[tokio::test]
+async fn grpc_request_tether_answers_gets_200_with_grpc_status() {
+    let a = Backend::start("app1").await;
+    let t = Tether::start(&with_admin(config_tls("", &[&a]))).await;
+    set_enabled(admin_addr(&t), "app1", false).await;
+    let (tls, plain) = (t.addrs[0], t.addrs[1]);
+
+    for (addr, proto, ct) in [
+        (tls, Proto::TlsH2, "application/grpc"),
+        (tls, Proto::TlsH2, "application/grpc+proto"),
+        (plain, Proto::Plain, "application/grpc"),
+    ] {
+        let r = grpc_call(addr, proto, ct).await;
+        assert_eq!(r.status, 200, "{proto:?} {ct}: {r:?}");
+        assert_eq!(r.headers["content-type"], "application/grpc", "{r:?}");
+        assert_eq!(r.headers["grpc-status"], "14", "UNAVAILABLE: {r:?}");
+        assert!(r.headers.contains_key("grpc-message"), "{r:?}");
+        assert!(r.body.is_empty(), "trailers-only: {r:?}");
+    }
+    assert_eq!(a.hits(), 0);
+
+    // Anything else still gets the plain 503.
+    let r = grpc_call(plain, Proto::Plain, "application/json").await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(!r.headers.contains_key("grpc-status"), "{r:?}");
 }
