@@ -8,7 +8,7 @@
 //! knows whether bytes left, not from this error.
 
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 
 use crate::body::Body;
 
@@ -82,33 +82,60 @@ impl ProxyError {
         }
     }
 
+    /// The few words a client is told, after the status.
+    fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad request",
+            ProxyError::HeadTooLarge { .. } => "request header fields too large",
+            ProxyError::Forbidden => "session belongs to another client",
+            ProxyError::BodyTimeout => "request body timeout",
+            ProxyError::RateLimited { .. } => "too many requests",
+            ProxyError::NoBackend => "no backend available",
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "bad gateway",
+            ProxyError::Timeout { .. } => "gateway timeout",
+        }
+    }
+
     /// The response the client gets: status, short text, `Retry-After` where the SPEC asks.
     pub fn response(&self) -> Response<Body> {
         let status = self.status();
         let text = match self {
             ProxyError::BadRequest(why) => format!("400 bad request: {why}\n"),
-            other => format!(
-                "{} {}\n",
-                status.as_u16(),
-                match other {
-                    ProxyError::HeadTooLarge { .. } => "request header fields too large",
-                    ProxyError::Forbidden => "session belongs to another client",
-                    ProxyError::BodyTimeout => "request body timeout",
-                    ProxyError::RateLimited { .. } => "too many requests",
-                    ProxyError::NoBackend => "no backend available",
-                    ProxyError::Connect { .. } | ProxyError::Upstream { .. } => "bad gateway",
-                    ProxyError::Timeout { .. } => "gateway timeout",
-                    ProxyError::BadRequest(_) => unreachable!("handled above"),
-                }
-            ),
+            other => format!("{} {}\n", status.as_u16(), other.reason()),
         };
         let mut resp = Response::new(Body::full(text));
         *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(
+        resp.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        self.extra_headers(resp.headers_mut());
+        resp
+    }
+
+    /// The answer a gRPC client understands (SPEC section 11): HTTP 200,
+    /// trailers-only (`grpc-status` and `grpc-message` in the head, no
+    /// body), since gRPC clients read the call's outcome from `grpc-status`
+    /// and report a bare HTTP error as an opaque transport failure.
+    pub fn grpc_response(&self) -> Response<Body> {
+        let mut resp = Response::new(Body::empty());
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(grpc_status(self.status())));
+        let message = match self {
+            ProxyError::BadRequest(why) => format!("bad request: {why}"),
+            other => other.reason().to_owned(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(&message)) {
+            h.insert("grpc-message", v);
+        }
+        self.extra_headers(h);
+        resp
+    }
+
+    /// `Retry-After` where the SPEC asks, and `Connection: close` after a
+    /// request whose framing can no longer be trusted.
+    fn extra_headers(&self, h: &mut HeaderMap) {
         match self {
             ProxyError::NoBackend => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -124,8 +151,47 @@ impl ProxyError {
         ) {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        resp
     }
+}
+
+/// Whether a request is a gRPC call: its `content-type` starts with
+/// `application/grpc` (`+proto`, `+json` and gRPC-Web included; media types
+/// compare case-insensitively).
+pub fn is_grpc(req: &HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    req.get(CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= GRPC.len() && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+    })
+}
+
+/// The gRPC status code for a status tether answers with (SPEC section 11).
+/// A request tether finds malformed or too large (400, 431) and a stalled
+/// request body (408) are INTERNAL (13), as gRPC's own HTTP mapping has it
+/// for 400: the fault lies in the client's transport, not in an argument
+/// the application could correct.
+pub fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        502 | 503 => 14, // UNAVAILABLE
+        504 => 4,        // DEADLINE_EXCEEDED
+        429 => 8,        // RESOURCE_EXHAUSTED
+        403 => 7,        // PERMISSION_DENIED
+        _ => 13,         // INTERNAL
+    }
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII,
+/// and `%` itself.
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -158,6 +224,47 @@ mod tests {
             .status(),
             504
         );
+    }
+
+    #[test]
+    fn grpc_status_follows_the_spec_table() {
+        #[rustfmt::skip]
+        let table = [
+            (502, 14), (503, 14), (504, 4), (429, 8), (403, 7),
+            (400, 13), (431, 13), (408, 13),
+        ];
+        for (http, grpc) in table {
+            let s = StatusCode::from_u16(http).unwrap();
+            assert_eq!(grpc_status(s), grpc, "{http}");
+        }
+    }
+
+    #[test]
+    fn grpc_calls_are_told_by_content_type() {
+        let h = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(v));
+            h
+        };
+        assert!(is_grpc(&h("application/grpc")));
+        assert!(is_grpc(&h("application/grpc+proto")));
+        assert!(is_grpc(&h("Application/GRPC")));
+        assert!(!is_grpc(&h("application/json")));
+        assert!(!is_grpc(&h("application/grp")));
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn grpc_response_is_trailers_only() {
+        let r = ProxyError::NoBackend.grpc_response();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-message"], "no backend available");
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+        let r = ProxyError::BadRequest("50% off\u{e9}").grpc_response();
+        assert_eq!(r.headers()["grpc-status"], "13");
+        assert_eq!(r.headers()["grpc-message"], "bad request: 50%25 off%C3%A9");
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct Snapshot {
     pub binder: Option<Binder>,
     /// `on_mismatch = "reject"`.
     pub reject_mismatch: bool,
+    /// `strict = true`: a pinned session never moves.
+    pub strict: bool,
     /// Rate limiters (rebuilt, hence reset, by a reload).
     pub limits: Arc<Limits>,
     /// Longest pause between a client's body bytes.
@@ -184,6 +186,7 @@ impl Snapshot {
             passive_threshold: config.health.fall,
             binder: Binder::new(secret, &s.secrets.previous, &s.bind_to),
             reject_mismatch: s.on_mismatch == config::OnMismatch::Reject,
+            strict: s.strict,
             limits: Arc::new(Limits::new(
                 config.limits.session_rate,
                 config.limits.session_burst,

@@ -62,6 +62,7 @@ impl Config {
                 balance_factor: u(s.balance_factor),
                 bind_to: s.bind_to.iter().copied().map(u).collect(),
                 on_mismatch: s.on_mismatch,
+                strict: s.strict,
             },
             store: file::Store {
                 kind: u(self.store.kind),

@@ -287,6 +287,8 @@ pub struct Session {
     pub bind_to: Vec<Spanned<BindTo>>,
     /// `on_mismatch`.
     pub on_mismatch: OnMismatch,
+    /// `strict`.
+    pub strict: bool,
 }
 
 impl Default for Session {
@@ -313,6 +315,7 @@ impl Default for Session {
             balance_factor: unspanned(1.25),
             bind_to: Vec::new(),
             on_mismatch: OnMismatch::New,
+            strict: false,
         }
     }
 }

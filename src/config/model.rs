@@ -143,6 +143,9 @@ pub struct Session {
     pub bind_to: Vec<BindTo>,
     /// What a bound cookie from another client gets.
     pub on_mismatch: OnMismatch,
+    /// A session whose pinned backend cannot serve it gets 503 instead of
+    /// failing over.
+    pub strict: bool,
 }
 
 /// The secrets that key the cookie MAC.

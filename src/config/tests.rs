@@ -163,7 +163,7 @@ fn the_example_file_loads() {
     // Every key of SPEC §2 is in the example (set or commented out).
     const KEYS: &str = "bind tls cert key mode source cookie app_cookie header \
         query_param idle_timeout absolute_timeout secret_file previous_secret_files same_site \
-        secure http_only partitioned path domain strip_cookie balance_factor bind_to on_mismatch kind url \
+        secure http_only partitioned path domain strip_cookie balance_factor bind_to on_mismatch strict kind url \
         max_sessions name address weight interval timeout rise fall connect response \
         client_header client_body keepalive tunnel shutdown_grace max_connections max_header_bytes \
         session_rate session_burst new_session_rate worker_threads token_file format access";
@@ -200,7 +200,7 @@ fn line_and_column_count_characters() {
 fn unknown_key() {
     assert_eq!(
         err("[session]\nmode = \"sticky\"\nidle_timout = \"5m\""),
-        "tether.toml:3:1: unknown field `idle_timout`, expected one of `mode`, `source`, `cookie`, `app_cookie`, `header`, `query_param`, `idle_timeout`, `absolute_timeout`, `secret`, `secret_file`, `previous_secret_files`, `same_site`, `secure`, `http_only`, `partitioned`, `path`, `domain`, `strip_cookie`, `balance_factor`, `bind_to`, `on_mismatch`"
+        "tether.toml:3:1: unknown field `idle_timout`, expected one of `mode`, `source`, `cookie`, `app_cookie`, `header`, `query_param`, `idle_timeout`, `absolute_timeout`, `secret`, `secret_file`, `previous_secret_files`, `same_site`, `secure`, `http_only`, `partitioned`, `path`, `domain`, `strip_cookie`, `balance_factor`, `bind_to`, `on_mismatch`, `strict`"
     );
     assert_eq!(
         err("[storage]\nkind = \"memory\""),

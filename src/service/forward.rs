@@ -83,6 +83,11 @@ pub(super) async fn retry<'s>(
     let SendError { failure, request } = first;
     let (err, again) = failed(snap, b, watch.as_deref(), failure, request, replay.as_ref())
         .map_err(|e| (e, Some(b)))?;
+    if matches!(err, ProxyError::Connect { .. }) && strict_pinned(snap, plan) {
+        // Nothing was sent and the session may not move: it is told to come
+        // back, as when its backend is known to be down.
+        return Err((ProxyError::NoBackend, Some(b)));
+    }
     let Some((mut r, next)) = again.and_then(|r| next_backend(snap, plan).map(|n| (r, n))) else {
         return Err((err, Some(b)));
     };
@@ -190,12 +195,21 @@ pub(super) fn is_idempotent(m: &http::Method) -> bool {
 
 /// The backend to retry on after the first one refused the connection.
 pub(super) fn next_backend(snap: &Snapshot, plan: &Plan) -> Option<usize> {
+    if strict_pinned(snap, plan) {
+        return None;
+    }
     if snap.sticky {
         snap.balancer
             .failover(plan.ring_key, Some(plan.backend), &snap.backends)
     } else {
         snap.balancer.rotate_retry(plan.backend, &snap.backends)
     }
+}
+
+/// `strict`: a live session on its pin never leaves it, not even for a
+/// retry.
+fn strict_pinned(snap: &Snapshot, plan: &Plan) -> bool {
+    snap.strict && plan.state == SessionState::Continued
 }
 
 /// After a retry moved a request to backend `next`, a sticky session moves

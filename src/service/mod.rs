@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use crate::backends::{Backend, State as BackendState};
 use crate::body::{Body, BodyWatch, OnEnd, BODY_BROKEN, BODY_STALLED};
 use crate::clock::Clock;
-use crate::error::ProxyError;
+use crate::error::{self, ProxyError};
 use crate::headers;
 use crate::hygiene;
 use crate::metrics::{Metrics, PinLost, SessionEvent};
@@ -134,12 +134,18 @@ pub async fn handle(
             Instant::now(),
         )
     });
+    // The request is gone once proxied; an error answer still needs to know
+    // whether it speaks to a gRPC client.
+    let grpc = error::is_grpc(req.headers());
     let outcome = match hygiene::check(&req, snap.max_header_bytes, ambiguous) {
         Ok(()) => proxy(&shared, &snap, conn, req).await,
         Err(e) => Err((e, None)),
     };
-    let (resp, backend, state) = match outcome {
-        Ok(done) => done,
+    let (resp, backend, state, status) = match outcome {
+        Ok((resp, backend, state)) => {
+            let status = resp.status().as_u16();
+            (resp, backend, state, status)
+        }
         Err((e, backend)) => {
             let name = backend.map_or("-", |b| &*b.name);
             match e.status() {
@@ -151,10 +157,16 @@ pub async fn handle(
                 }
                 _ => tracing::debug!(peer = %conn.peer, error = %e, "request refused"),
             }
-            (e.response(), backend.cloned(), None)
+            // Metrics and the access log count tether's status, also when a
+            // gRPC client is told it as a grpc-status under HTTP 200.
+            let resp = if grpc {
+                e.grpc_response()
+            } else {
+                e.response()
+            };
+            (resp, backend.cloned(), None, e.status().as_u16())
         }
     };
-    let status = resp.status().as_u16();
     shared
         .metrics
         .request(backend.as_ref().map(|b| b.id.0 as usize), status);

@@ -88,7 +88,7 @@ pub(super) async fn cookie_plan(
             }
         }
     };
-    let d = decide::for_cookie(&presented, found, now, t, &View(snap));
+    let d = decide::for_cookie(&presented, found, now, t, snap.strict, &View(snap));
     new_session_allowed(shared, snap, conn, &d)?;
     let claims = d.claims.unwrap_or_else(|| Claims {
         id: SessionId::random(),
@@ -141,7 +141,7 @@ pub(super) async fn app_plan(
             // Only a key the store does not know is looked for (and
             // remembered) in the sightings.
             let seen = found == Found::Missing && shared.sightings.sighted(key);
-            let d = decide::for_app_key(found, seen, ring_key, &View(snap));
+            let d = decide::for_app_key(found, seen, ring_key, snap.strict, &View(snap));
             (d, Some(key), ring_key)
         }
     };
@@ -199,7 +199,7 @@ pub(super) async fn carry_out(
             .balancer
             .pick_new(ring_key, &snap.backends, 0.0, |_| 0)
             .ok_or(ProxyError::NoBackend)?,
-        Route::Nowhere => return Err(ProxyError::NoBackend),
+        Route::Nowhere | Route::Refuse => return Err(ProxyError::NoBackend),
     };
     let id = snap.backends[i].id;
     let stored = match (d.write, key) {

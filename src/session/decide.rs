@@ -58,6 +58,10 @@ pub enum Route {
     Ring,
     /// The pin is lost and no backend may take the session: 503.
     Nowhere,
+    /// `strict`: the pinned backend cannot serve and the session may not
+    /// move (its state lives there), so it is refused with 503 and keeps
+    /// its pin for when that backend returns.
+    Refuse,
 }
 
 /// What the store is told before the request is sent, about the backend the
@@ -206,11 +210,13 @@ pub fn present(claims: Option<Claims>, binding: u64, now_ms: u64, t: Timeouts) -
 /// The decision for a request with tether's cookie as its source, given
 /// what it [`present`]ed and the store's answer (`None` when the store was
 /// not asked; a live cookie then speaks alone, as during an outage).
+/// `strict`: a live session never leaves its pin.
 pub fn for_cookie(
     p: &Presented,
     found: Option<Found>,
     now_ms: u64,
     t: Timeouts,
+    strict: bool,
     table: &impl Table,
 ) -> Decision {
     let c = match *p {
@@ -233,9 +239,10 @@ pub fn for_cookie(
             adopt,
         } => (pin, created_ms, adopt),
     };
-    let (state, route, lost) = keep_or_move(pin, ring_key_of(c.id), table);
+    let (state, route, lost) = keep_or_move(pin, ring_key_of(c.id), strict, table);
     let Route::Backend(i) = route else {
         return Decision {
+            route,
             claims: Some(c),
             ..Decision::nowhere(state, lost)
         };
@@ -266,8 +273,15 @@ pub fn for_cookie(
 
 /// The decision for a request keyed by an app's value (app cookie, header,
 /// query parameter), given the store's answer and whether this instance saw
-/// the key before without storing it.
-pub fn for_app_key(found: Found, seen_before: bool, ring_key: u64, table: &impl Table) -> Decision {
+/// the key before without storing it. `strict`: a live session never
+/// leaves its pin.
+pub fn for_app_key(
+    found: Found,
+    seen_before: bool,
+    ring_key: u64,
+    strict: bool,
+    table: &impl Table,
+) -> Decision {
     let (pin, repin) = match standing_for_app_key(found, seen_before) {
         AppStanding::Live(id) => (id, true),
         // The local view's pin: followed, but nothing is written while the
@@ -289,7 +303,7 @@ pub fn for_app_key(found: Found, seen_before: bool, ring_key: u64, table: &impl 
             }
         }
     };
-    let (state, route, lost) = keep_or_move(Pin::Stored(pin), ring_key, table);
+    let (state, route, lost) = keep_or_move(Pin::Stored(pin), ring_key, strict, table);
     Decision {
         state,
         route,
@@ -314,10 +328,12 @@ pub fn without_app_key() -> Decision {
 
 /// A live session stays on its pin while that backend may keep it; else it
 /// fails over along its ring (SPEC section 3 `failover`), and never moves
-/// back when the old backend returns.
+/// back when the old backend returns. With `strict` it never moves at all:
+/// it is refused and keeps its pin, so nothing is lost.
 fn keep_or_move(
     pin: Pin,
     ring_key: u64,
+    strict: bool,
     table: &impl Table,
 ) -> (SessionState, Route, Option<PinLoss>) {
     let (from, why) = match table.resolve(pin) {
@@ -327,6 +343,9 @@ fn keep_or_move(
             Some(why) => (Some(i), why),
         },
     };
+    if strict {
+        return (SessionState::Continued, Route::Refuse, None);
+    }
     let route = table
         .failover(ring_key, from)
         .map_or(Route::Nowhere, Route::Backend);

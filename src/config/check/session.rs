@@ -212,6 +212,7 @@ impl Cx<'_> {
             balance_factor: factor,
             bind_to,
             on_mismatch: raw.on_mismatch,
+            strict: raw.strict,
         })
     }
 

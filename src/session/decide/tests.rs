@@ -218,7 +218,7 @@ fn on(backend: u16) -> Found {
 fn by_cookie(c: Option<Claims>, binding: u64, store: Found, now: u64, t: Fake) -> Decision {
     let p = present(c, binding, now, T);
     let found = matches!(p, Presented::Own { over: None, .. }).then_some(store);
-    for_cookie(&p, found, now, T, &t)
+    for_cookie(&p, found, now, T, false, &t)
 }
 
 /// A live cookie session's decision.
@@ -405,7 +405,7 @@ fn app_key_sessions_follow_the_spec_table() {
             keyed(Expired, Place, Write::Claim, true, true, over(EndReason::Regenerated))),
     ];
     for (row, found, seen, backends, want) in table {
-        assert_eq!(for_app_key(found, seen, 1, &backends), want, "{row}");
+        assert_eq!(for_app_key(found, seen, 1, false, &backends), want, "{row}");
     }
     assert_eq!(
         without_app_key(),
@@ -424,5 +424,51 @@ impl Stale for Found {
             Found::Live(rec) => Found::Stale(rec),
             other => other,
         }
+    }
+}
+
+#[test]
+fn strict_sessions_are_refused_and_keep_their_pin() {
+    use SessionState::{Continued, New};
+    let fresh = cookie(1000, 1590, 100);
+    let refused = Decision {
+        route: Route::Refuse,
+        claims: Some(fresh),
+        ..Decision::nowhere(Continued, None)
+    };
+    #[rustfmt::skip]
+    // (outcome, cookie, store's answer, backends, decision)
+    let table: Vec<(&str, Option<Claims>, Found, Fake, Decision)> = vec![
+        ("refused: pin down", Some(fresh), on(0), Fake([Down, Up, Up]), refused),
+        ("refused: pin disabled", Some(fresh), on(0), Fake([Disabled, Up, Up]), refused),
+        ("refused: pin removed", Some(fresh), on(7), UP, refused),
+        ("refused: store outage, the cookie's pin down",
+            Some(fresh), Found::Unavailable, Fake([Down, Up, Up]), refused),
+        ("continued: pin up, strict changes nothing",
+            Some(fresh), on(0), UP, kept(Continued, 0, fresh, false, Write::Nothing, None)),
+        ("new: a new session is placed as usual", None, Found::Missing, Fake([Down, Up, Up]), Decision::mint(New, None)),
+    ];
+    for (row, c, found, backends, want) in table {
+        let p = present(c, 0, 1600, T);
+        let found = matches!(p, Presented::Own { over: None, .. }).then_some(found);
+        assert_eq!(
+            for_cookie(&p, found, 1600, T, true, &backends),
+            want,
+            "{row}"
+        );
+    }
+    let refused = keyed(Continued, Route::Refuse, Write::Nothing, true, false, None);
+    #[rustfmt::skip]
+    let table: Vec<(&str, Found, Fake, Decision)> = vec![
+        ("app key refused: pin down", on(1), Fake([Up, Down, Up]), refused),
+        ("app key refused: pin disabled", on(1), Fake([Up, Disabled, Up]), refused),
+        ("app key refused: pin removed", on(7), UP, refused),
+        ("app key refused: outage, the local view's pin down", on(1).stale(), Fake([Up, Down, Up]), refused),
+        ("app key continued: pin up", on(1), UP, keyed(Continued, Route::Backend(1), Write::Nothing, true, false, None)),
+        ("app key new: first sighting placed by the ring",
+            Found::Missing, Fake([Down, Up, Up]), keyed(New, Route::Ring, Write::Nothing, false, true, None)),
+    ];
+    for (row, found, backends, want) in table {
+        assert_eq!(for_app_key(found, false, 1, true, &backends), want, "{row}");
     }
 }
