@@ -14,60 +14,28 @@
 #![no_main]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::Path;
+use std::net::{Shutdown, TcpStream};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+
+mod live;
+use live::Live;
 
 /// Longer than any answer tether gives to a client that has closed its side; short enough
 /// that a real hang shows up as a crash, not as a stall of the whole run.
 const DEADLINE: Duration = Duration::from_secs(5);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-struct Live {
-    addr: SocketAddr,
-    // Held for the life of the process: dropping either would stop tether.
-    _running: tether::server::Running,
-    _rt: tokio::runtime::Runtime,
-}
-
 static LIVE: OnceLock<Live> = OnceLock::new();
 
 fn live() -> &'static Live {
     LIVE.get_or_init(|| {
-        let default_hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            default_hook(info);
-            std::process::abort();
-        }));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let running = rt.block_on(async {
-            let backend = tether::demo::spawn_backend("app1")
-                .await
-                .expect("backend binds");
-            let toml = format!(
-                "[[listener]]\nbind = \"127.0.0.1:0\"\ntls = false\n\n\
-                 [session]\nsecret = \"fuzz-secret-0123456789abcdef\"\n\n\
-                 [timeouts]\nclient_header = \"2s\"\nresponse = \"2s\"\n\n\
-                 [[backend]]\nname = \"app1\"\naddress = \"{backend}\"\n"
-            );
-            let cfg = tether::config::from_str(&toml, Path::new("fuzz.toml"), None)
-                .expect("the fuzz config is valid");
-            tether::server::start(cfg, tether::clock::Clock::system())
-                .await
-                .expect("tether starts")
-        });
-        Live {
-            addr: running.addrs()[0],
-            _running: running,
-            _rt: rt,
-        }
+        live::start(
+            "[timeouts]\nclient_header = \"2s\"\nresponse = \"2s\"\n",
+            |_| false,
+        )
     })
 }
 
