@@ -437,21 +437,14 @@ fn host_prefix_with_secure_never_fails_check() {
     );
 }
 
-/// Rotating the secret (the new one current, the old one in
-/// `previous_secret_files`) keeps bound sessions: a cookie bound under the
-/// old secret still matches its own client, and still no other.
-#[tokio::test]
-async fn a_bound_session_survives_a_secret_rotation() {
-    let (a, b) = (Backend::start("app1").await, Backend::start("app2").await);
-    let dir = std::env::temp_dir().join(format!("tether-rotate-{}", std::process::id()));
+/// Rotates `t`'s secret: a new one current, the old one (the test secret)
+/// in `previous_secret_files`, the rest of `cfg` unchanged.
+fn rotate_secret(t: &Tether, cfg: &str, name: &str) {
+    let dir = std::env::temp_dir().join(format!("tether-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let old = dir.join("old-secret");
     std::fs::write(&old, SECRET).unwrap();
-    let bound = "bind_to = [\"ip\", \"user_agent\"]\non_mismatch = \"reject\"";
-    let t = Tether::start(&config(bound, &[&a, &b])).await;
-    let (cookie, home) = owned_cookie(t.addr(), "ua/1").await;
-
-    let rotated = config(bound, &[&a, &b]).replace(
+    let rotated = cfg.replace(
         &format!("secret = \"{SECRET}\""),
         &format!(
             "secret = \"a-brand-new-secret-0123456789\"\nprevious_secret_files = [\"{}\"]",
@@ -460,6 +453,20 @@ async fn a_bound_session_survives_a_secret_rotation() {
     );
     let next = tether::config::from_str(&rotated, &repo().join("test.toml"), None).unwrap();
     t.running().apply(next).expect("the rotation applies");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rotating the secret (the new one current, the old one in
+/// `previous_secret_files`) keeps bound sessions: a cookie bound under the
+/// old secret still matches its own client, and still no other.
+#[tokio::test]
+async fn a_bound_session_survives_a_secret_rotation() {
+    let (a, b) = (Backend::start("app1").await, Backend::start("app2").await);
+    let bound = "bind_to = [\"ip\", \"user_agent\"]\non_mismatch = \"reject\"";
+    let t = Tether::start(&config(bound, &[&a, &b])).await;
+    let (cookie, home) = owned_cookie(t.addr(), "ua/1").await;
+
+    rotate_secret(&t, &config(bound, &[&a, &b]), "rotate");
 
     let jar = format!("tether_sid={cookie}");
     let r = plain_get(t.addr(), "/", &[("user-agent", "ua/1"), ("cookie", &jar)]).await;
@@ -473,7 +480,6 @@ async fn a_bound_session_survives_a_secret_rotation() {
     )
     .await;
     assert_eq!(thief.status, 403, "another client still is");
-    let _ = std::fs::remove_dir_all(&dir);
     t.stop().await;
 }
 
@@ -486,10 +492,6 @@ async fn app_key_pins_survive_a_secret_rotation() {
         Backend::start("app2").await,
         Backend::start("app3").await,
     );
-    let dir = std::env::temp_dir().join(format!("tether-rotate-app-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let old = dir.join("old-secret");
-    std::fs::write(&old, SECRET).unwrap();
     let source = "source = \"app_cookie\"\napp_cookie = \"JSESSIONID\"";
     let t = Tether::start(&config(source, &[&a, &b, &c])).await;
     let mut homes = vec![];
@@ -498,15 +500,7 @@ async fn app_key_pins_survive_a_secret_rotation() {
         let r = plain_get(t.addr(), &format!("/set-cookie/JSESSIONID/{value}"), &[]).await;
         homes.push((value, r.backend()));
     }
-    let rotated = config(source, &[&a, &b, &c]).replace(
-        &format!("secret = \"{SECRET}\""),
-        &format!(
-            "secret = \"a-brand-new-secret-0123456789\"\nprevious_secret_files = [\"{}\"]",
-            old.display()
-        ),
-    );
-    let next = tether::config::from_str(&rotated, &repo().join("test.toml"), None).unwrap();
-    t.running().apply(next).expect("the rotation applies");
+    rotate_secret(&t, &config(source, &[&a, &b, &c]), "rotate-app");
     for (value, home) in &homes {
         for _ in 0..2 {
             let jar = format!("JSESSIONID={value}");
@@ -514,6 +508,5 @@ async fn app_key_pins_survive_a_secret_rotation() {
             assert_eq!((r.state(), &r.backend()), ("continued".to_string(), home));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     t.stop().await;
 }
