@@ -23,6 +23,13 @@ fn cookie_judges_idle_and_absolute_with_exclusive_bounds() {
     assert_eq!(cookie_over(&c, 1800, T), Some(EndReason::Idle));
     let c = claims(1000, 1990);
     assert_eq!(cookie_over(&c, 2000, T), Some(EndReason::Absolute));
+    // Past both ends, the reason is the end that came first, as the stores
+    // judge it (store::deadline): this one idled out at 1800.
+    let c = claims(1000, 1500);
+    assert_eq!(cookie_over(&c, 2500, T), Some(EndReason::Idle));
+    // A tie is absolute, the hard limit.
+    let c = claims(1000, 1700);
+    assert_eq!(cookie_over(&c, 2000, T), Some(EndReason::Absolute));
 }
 
 #[test]
