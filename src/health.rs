@@ -3,19 +3,13 @@
 //! state changes are logged once, not per probe.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::backends::Backend;
 use crate::config;
+use crate::upstream::Pool;
 
 /// Consecutive-result hysteresis: `rise` successes to go up, `fall`
 /// failures to go down (HAProxy's and rpxy's counter).
@@ -61,38 +55,23 @@ impl Hysteresis {
     }
 }
 
-/// One probe: GET `path` on a fresh connection; 2xx and 3xx are healthy.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<StatusCode, String> {
-    let attempt = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = Request::get(path)
-            .header(http::header::HOST, addr.to_string())
-            .header(http::header::USER_AGENT, "tether-health-check")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        Ok(resp.status())
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
-    }
-}
-
 /// Called with (backend, ok) after every probe (metrics).
 pub type OnProbe = Arc<dyn Fn(&Backend, bool) + Send + Sync>;
 
-async fn check_loop(backend: Arc<Backend>, cfg: config::Health, on_probe: OnProbe) {
+/// Probes `backend` over its `pool`'s link (the transport requests take):
+/// `GET path`, 2xx and 3xx are healthy.
+async fn check_loop(
+    backend: Arc<Backend>,
+    pool: Arc<Pool>,
+    cfg: config::Health,
+    on_probe: OnProbe,
+) {
     let mut h = Hysteresis::new(cfg.rise, cfg.fall, backend.healthy());
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = probe(backend.address, &cfg.path, cfg.timeout).await;
+        let result = pool.link().probe(&cfg.path, cfg.timeout).await;
         let ok = matches!(&result, Ok(s) if s.is_success() || s.is_redirection());
         on_probe(&backend, ok);
         // Passive detection may have marked it down between probes.
@@ -139,7 +118,13 @@ impl Checker {
     /// Makes the running probes match `backends` and `cfg`: keeps the probe
     /// of a backend object that survived a reload, starts new ones, stops
     /// the rest. A change of `[health]` restarts them all.
-    pub fn sync(&mut self, backends: &[Arc<Backend>], cfg: &config::Health, on_probe: &OnProbe) {
+    pub fn sync(
+        &mut self,
+        backends: &[Arc<Backend>],
+        pools: &[Arc<Pool>],
+        cfg: &config::Health,
+        on_probe: &OnProbe,
+    ) {
         let same_cfg = self.cfg.as_ref().is_some_and(|c| {
             c.path == cfg.path
                 && c.interval == cfg.interval
@@ -148,7 +133,7 @@ impl Checker {
                 && c.fall == cfg.fall
         });
         let mut next = HashMap::new();
-        for b in backends {
+        for (b, pool) in backends.iter().zip(pools) {
             let key = Arc::as_ptr(b) as usize;
             match self.tasks.remove(&key) {
                 Some(t) if same_cfg => {
@@ -158,7 +143,12 @@ impl Checker {
                     if let Some((_, h)) = old {
                         h.abort();
                     }
-                    let task = tokio::spawn(check_loop(b.clone(), cfg.clone(), on_probe.clone()));
+                    let task = tokio::spawn(check_loop(
+                        b.clone(),
+                        pool.clone(),
+                        cfg.clone(),
+                        on_probe.clone(),
+                    ));
                     next.insert(key, (b.clone(), task));
                 }
             }

@@ -208,6 +208,7 @@ impl Control {
         }
         self.checker.lock().unwrap_or_else(|e| e.into_inner()).sync(
             &snapshot.backends,
+            &snapshot.upstreams,
             &cfg.health,
             &self.on_probe,
         );

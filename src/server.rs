@@ -169,7 +169,12 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
             .checker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .sync(&snap.backends, &config.health, &control.on_probe);
+            .sync(
+                &snap.backends,
+                &snap.upstreams,
+                &config.health,
+                &control.on_probe,
+            );
     }
 
     let (stop, stop_rx) = watch::channel(false);

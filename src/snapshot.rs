@@ -99,7 +99,9 @@ impl Snapshot {
         let mut upstreams = Vec::with_capacity(config.backends.len());
         for b in &config.backends {
             match before.get(b.name.as_str()) {
-                Some((o, u)) if o.address == b.address && o.weight == b.weight => {
+                Some((o, u))
+                    if o.address == b.address && o.weight == b.weight && u.link().is(b) =>
+                {
                     backends.push(Arc::clone(o));
                     upstreams.push(Arc::clone(u));
                 }
@@ -114,7 +116,7 @@ impl Snapshot {
                         fresh.inherit(o);
                     }
                     backends.push(Arc::new(fresh));
-                    upstreams.push(Arc::new(upstream::Pool::new(b.address)));
+                    upstreams.push(Arc::new(upstream::Pool::new(b)));
                 }
             }
         }

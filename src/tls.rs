@@ -34,13 +34,15 @@ pub struct PemPair {
     pub key: PrivateKeyDer<'static>,
 }
 
-/// Which file of a certificate/key pair a [`PemError`] is about.
+/// Which file a [`PemError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PemFile {
     /// The certificate chain.
     Cert,
     /// The private key.
     Key,
+    /// Trust roots for verifying a backend (`ca_file`).
+    Ca,
 }
 
 impl PemFile {
@@ -48,6 +50,7 @@ impl PemFile {
         match self {
             PemFile::Cert => "certificate file",
             PemFile::Key => "key file",
+            PemFile::Ca => "CA file",
         }
     }
 }
@@ -82,6 +85,14 @@ pub enum PemError {
         /// The file.
         path: PathBuf,
     },
+    /// A certificate in a CA file cannot serve as a trust root.
+    #[error("CA file {} holds a certificate that cannot be a trust root: {why}", path.display())]
+    BadRoot {
+        /// The file.
+        path: PathBuf,
+        /// Why, as rustls says it.
+        why: String,
+    },
     /// The key file holds no private key, or not a readable one.
     #[error("cannot parse key file {}: {}", path.display(), key_why(source))]
     Key {
@@ -99,6 +110,7 @@ impl PemError {
         match self {
             PemError::Read { file, .. } => *file,
             PemError::Cert { .. } | PemError::NoCert { .. } => PemFile::Cert,
+            PemError::BadRoot { .. } => PemFile::Ca,
             PemError::Key { .. } => PemFile::Key,
         }
     }
@@ -147,6 +159,29 @@ pub fn parse_pem_pair(
     Ok(PemPair { certs, key })
 }
 
+/// Reads the trust roots in a PEM file (`[[backend]] ca_file`): one or more
+/// certificates, each usable as a root.
+///
+/// # Errors
+/// The file cannot be read, is not PEM, holds no certificate, or holds one
+/// rustls cannot use as a trust root.
+pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let pem = std::fs::read(path).map_err(|source| PemError::Read {
+        file: PemFile::Ca,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs = parse_certs(&pem, path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in &certs {
+        roots.add(c.clone()).map_err(|e| PemError::BadRoot {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+    }
+    Ok(certs)
+}
+
 fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
@@ -179,7 +214,7 @@ fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, PemError
 /// cipher. Key exchange keeps X25519, P-256 and P-384; the post-quantum
 /// hybrid aws-lc-rs would add costs more per handshake and is left to a
 /// deliberate decision.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::aws_lc_rs::{cipher_suite::*, kx_group};
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
     p.cipher_suites = vec![

@@ -79,6 +79,17 @@ impl Config {
                     name: u(b.name.clone()),
                     address: u(b.address.to_string()),
                     weight: u(i64::from(b.weight)),
+                    protocol: u(b.protocol),
+                    tls: u(b.tls.is_some()),
+                    sni: b
+                        .tls
+                        .as_ref()
+                        .map(|t| u(t.server_name.to_str().into_owned())),
+                    ca_file: b
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.ca_path.as_ref())
+                        .map(|p| u(p.display().to_string())),
                 })
                 .collect(),
             health: file::Health {

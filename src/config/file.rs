@@ -362,6 +362,31 @@ pub struct Backend {
     /// `weight`.
     #[serde(default = "one")]
     pub weight: Spanned<i64>,
+    /// `protocol`: what tether speaks to it.
+    #[serde(default = "http1")]
+    pub protocol: Spanned<Protocol>,
+    /// `tls`: connect over TLS.
+    #[serde(default = "no")]
+    pub tls: Spanned<bool>,
+    /// `sni`: the TLS server name (default: the address's host).
+    pub sni: Option<Spanned<String>>,
+    /// `ca_file`: PEM trust roots for its certificate (default: the system's).
+    pub ca_file: Option<Spanned<String>>,
+}
+
+/// `[[backend]] protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1, connections kept alive and pooled.
+    #[default]
+    Http1,
+    /// HTTP/2: h2c on plain TCP, ALPN `h2` over TLS; streams multiplexed.
+    H2,
+}
+
+fn http1() -> Spanned<Protocol> {
+    unspanned(Protocol::Http1)
 }
 
 fn one() -> Spanned<i64> {

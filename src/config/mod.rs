@@ -25,10 +25,13 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-pub use file::{BindTo, LogFormat, Mode, OnMismatch, SameSite, Secure, Source, StoreKind};
+pub use file::{
+    BindTo, LogFormat, Mode, OnMismatch, Protocol, SameSite, Secure, Source, StoreKind,
+};
 pub use model::{
-    Admin, Backend, Config, Health, Limits, Listener, Log, Runtime, SecretOrigin, Secrets, Session,
-    Store, Timeouts, Tls, MAX_BACKENDS, MAX_TOTAL_WEIGHT, MIN_SECRET_BYTES, SECRET_ENV,
+    Admin, Backend, BackendTls, Config, Health, Limits, Listener, Log, Runtime, SecretOrigin,
+    Secrets, Session, Store, Timeouts, Tls, MAX_BACKENDS, MAX_TOTAL_WEIGHT, MIN_SECRET_BYTES,
+    SECRET_ENV,
 };
 
 /// A config file that cannot be used. Display is always one line.

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::file::{BindTo, LogFormat, Mode, OnMismatch, SameSite, Secure, Source, StoreKind};
+use super::file::{
+    BindTo, LogFormat, Mode, OnMismatch, Protocol, SameSite, Secure, Source, StoreKind,
+};
 
 /// The environment variable that may carry the session secret.
 pub const SECRET_ENV: &str = "TETHER_SECRET";
@@ -225,6 +227,22 @@ pub struct Backend {
     pub address: SocketAddr,
     /// 1..=1000.
     pub weight: u32,
+    /// HTTP/1.1 or HTTP/2.
+    pub protocol: Protocol,
+    /// `Some`: connect over TLS.
+    pub tls: Option<BackendTls>,
+}
+
+/// How tether verifies a backend's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    /// The name sent as SNI and checked against the certificate (an IP
+    /// address is checked against the certificate's IP names, no SNI sent).
+    pub server_name: rustls_pki_types::ServerName<'static>,
+    /// Trust roots from `ca_file`; `None`: the system's.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
+    /// `ca_file`, resolved.
+    pub ca_path: Option<PathBuf>,
 }
 
 /// `[health]`.

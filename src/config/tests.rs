@@ -117,7 +117,9 @@ fn minimal_config_has_the_spec_defaults() {
         [Backend {
             name: "app1".into(),
             address: "127.0.0.1:9001".parse().unwrap(),
-            weight: 1
+            weight: 1,
+            protocol: Protocol::Http1,
+            tls: None,
         }]
     );
 
@@ -490,6 +492,67 @@ fn backend_address_must_be_host_port() {
     let c = ok("[[backend]]\nname = \"app2\"\naddress = \"localhost:9002\"");
     assert_eq!(c.backends[0].address.port(), 9002);
     assert!(c.backends[0].address.ip().is_loopback());
+}
+
+#[test]
+fn backend_protocol_and_tls() {
+    let c = ok(
+        "[[backend]]\nname = \"app2\"\naddress = \"localhost:9002\"\nprotocol = \"h2\"\ntls = true",
+    );
+    let b = &c.backends[0];
+    assert_eq!(b.protocol, Protocol::H2);
+    let tls = b.tls.as_ref().unwrap();
+    // The name defaults to the address's host, as written.
+    assert_eq!(tls.server_name.to_str(), "localhost");
+    assert_eq!((tls.ca.as_ref(), tls.ca_path.as_ref()), (None, None));
+    let c = ok("[[backend]]\nname = \"app2\"\naddress = \"[::1]:9002\"\ntls = true");
+    assert_eq!(
+        c.backends[0].tls.as_ref().unwrap().server_name.to_str(),
+        "::1"
+    );
+    let crt = dev_certs().join("localhost.crt");
+    let c = ok(&format!(
+        "[[backend]]\nname = \"app2\"\naddress = \"127.0.0.1:9002\"\ntls = true\nsni = \"app2.internal\"\nca_file = {:?}",
+        crt.display().to_string()
+    ));
+    let tls = c.backends[0].tls.as_ref().unwrap();
+    assert_eq!(tls.server_name.to_str(), "app2.internal");
+    assert_eq!(tls.ca.as_ref().map(Vec::len), Some(1));
+    assert_eq!(tls.ca_path.as_deref(), Some(crt.as_path()));
+    assert!(c.effective_toml().contains("sni = \"app2.internal\""));
+}
+
+#[test]
+fn backend_tls_refusals() {
+    assert_eq!(
+        err("[[backend]]\nname = \"app2\"\naddress = \"127.0.0.1:9002\"\nprotocol = \"h3\""),
+        "tether.toml:4:12: unknown variant `h3`, expected `http1` or `h2`"
+    );
+    assert_eq!(
+        err("[[backend]]\nname = \"app2\"\naddress = \"127.0.0.1:9002\"\nsni = \"x\""),
+        "tether.toml:4:7: sni applies to a TLS backend only: add tls = true to this [[backend]], or remove sni"
+    );
+    assert_eq!(
+        err("[[backend]]\nname = \"app2\"\naddress = \"127.0.0.1:9002\"\nca_file = \"ca.pem\""),
+        "tether.toml:4:11: ca_file applies to a TLS backend only: add tls = true to this [[backend]], or remove ca_file"
+    );
+    assert_eq!(
+        err("[[backend]]\nname = \"app2\"\naddress = \"127.0.0.1:9002\"\ntls = true\nsni = \"bad name!\""),
+        "tether.toml:5:7: invalid TLS server name \"bad name!\": expected a DNS name or an IP address, like sni = \"app1.internal\""
+    );
+    let e = err("[[backend]]\nname = \"app2\"\naddress = \"127.0.0.1:9002\"\ntls = true\nca_file = \"/nonexistent/ca.pem\"");
+    assert!(
+        e.starts_with("tether.toml:5:11: cannot read CA file /nonexistent/ca.pem: "),
+        "{e}"
+    );
+    let dir = TempDir::new("bad-ca");
+    let junk = dir.write("ca.pem", b"not a certificate\n");
+    let e = err(&format!(
+        "[[backend]]\nname = \"app2\"\naddress = \"127.0.0.1:9002\"\ntls = true\nca_file = {:?}",
+        junk.display().to_string()
+    ));
+    assert!(e.starts_with("tether.toml:5:11: certificate file "), "{e}");
+    assert!(e.contains("holds no PEM certificate"), "{e}");
 }
 
 #[test]

@@ -13,11 +13,19 @@ use toml::Spanned;
 
 use super::file::{self, StoreKind};
 use super::model::{
-    Admin, Backend, Config, Health, Limits, Listener, Log, Runtime, SecretOrigin, Store, Timeouts,
-    Tls, MAX_BACKENDS, MAX_TOTAL_WEIGHT, SECRET_ENV,
+    Admin, Backend, BackendTls, Config, Health, Limits, Listener, Log, Runtime, SecretOrigin,
+    Store, Timeouts, Tls, MAX_BACKENDS, MAX_TOTAL_WEIGHT, SECRET_ENV,
 };
 use super::{Cx, Result};
 use crate::tls::{self, PemFile, PemPair};
+
+/// The host part of a `host:port` address (`[v6]:port` without brackets).
+fn backend_host(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
 
 impl Cx<'_> {
     fn resolve(&self, p: &str) -> PathBuf {
@@ -133,7 +141,7 @@ impl Cx<'_> {
         let PemPair { certs, key } =
             tls::load_pem_pair(&cert_path, &key_path).map_err(|e| match e.file() {
                 PemFile::Cert => self.on(&raw.cert, e.to_string()),
-                PemFile::Key => self.on(&raw.key, e.to_string()),
+                PemFile::Key | PemFile::Ca => self.on(&raw.key, e.to_string()),
             })?;
         Ok(Some(Tls {
             cert_path,
@@ -276,9 +284,50 @@ impl Cx<'_> {
                 name: name.clone(),
                 address: self.socket_addr("backend address", &b.address, "127.0.0.1:9001")?,
                 weight,
+                protocol: *b.protocol.get_ref(),
+                tls: self.backend_tls(b)?,
             });
         }
         Ok(out)
+    }
+
+    /// `tls`, `sni` and `ca_file` of one backend.
+    fn backend_tls(&self, b: &file::Backend) -> Result<Option<BackendTls>> {
+        if !*b.tls.get_ref() {
+            let stray = b.sni.as_ref().map(|s| (s.span(), "sni"));
+            let stray = stray.or(b.ca_file.as_ref().map(|c| (c.span(), "ca_file")));
+            if let Some((span, key)) = stray {
+                return Err(self.at(
+                    span,
+                    format!("{key} applies to a TLS backend only: add tls = true to this [[backend]], or remove {key}"),
+                ));
+            }
+            return Ok(None);
+        }
+        // The name defaults to the host of `address` as written.
+        let (name, spanned) = match &b.sni {
+            Some(s) => (s.get_ref().clone(), s),
+            None => (backend_host(b.address.get_ref()).to_string(), &b.address),
+        };
+        let server_name = rustls_pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+            self.on(
+                spanned,
+                format!("invalid TLS server name {name:?}: expected a DNS name or an IP address, like sni = \"app1.internal\""),
+            )
+        })?;
+        let (ca, ca_path) = match &b.ca_file {
+            Some(f) => {
+                let path = self.resolve(f.get_ref());
+                let certs = tls::load_ca(&path).map_err(|e| self.on(f, e.to_string()))?;
+                (Some(certs), Some(path))
+            }
+            None => (None, None),
+        };
+        Ok(Some(BackendTls {
+            server_name,
+            ca,
+            ca_path,
+        }))
     }
 
     fn health(&self, raw: file::Health) -> Result<Health> {

@@ -1,11 +1,13 @@
-//! HTTP/1.1 to backends: a keep-alive connection pool per backend, connect and
-//! response timeouts, and failures classified by whether the request could
-//! have reached the backend (only requests that never did may be retried
-//! elsewhere; the *decision* to retry is `service/`'s).
+//! Requests to backends: a connection pool per backend (HTTP/1.1 keep-alive
+//! connections, or one multiplexed HTTP/2 connection), connect and response
+//! timeouts, and failures classified by whether the request could have
+//! reached the backend (only requests that never did may be retried
+//! elsewhere; the *decision* to retry is `service/`'s). How a connection is
+//! made (TCP, TLS, the protocol's handshake) is [`Link`]'s.
 //!
-//! A pooled connection goes back to its pool when the response body has been
-//! read to its end (see [`Lease`]); a body dropped half-read takes its
-//! connection with it, since the stream position is lost.
+//! A pooled HTTP/1.1 connection goes back to its pool when the response body
+//! has been read to its end (see [`Lease`]); a body dropped half-read takes
+//! its connection with it, since the stream position is lost.
 //!
 //! Backends close keep-alive connections that idle too long (gunicorn after
 //! 2 s). A request written just as the backend's FIN leaves crosses it on the
@@ -21,12 +23,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::body::{Body, BodyWatch, OnEnd};
+use crate::config::{self, Protocol};
+
+mod link;
+
+pub use link::Link;
 
 /// Idle connections kept per backend; more are closed when released.
 /// Enough for the concurrency one core can drive; backends cap it too.
@@ -104,39 +109,61 @@ impl Replay {
     }
 }
 
-/// Keep-alive connections to one backend.
+/// Connections to one backend.
 #[derive(Debug)]
 pub struct Pool {
-    addr: SocketAddr,
-    /// Idle connections, each with the moment it went idle, oldest first.
+    link: Link,
+    /// HTTP/1.1: idle connections, each with the moment it went idle, oldest
+    /// first.
     idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
+    /// HTTP/2: the connection every request shares while it is open.
+    shared: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Held while an HTTP/2 connection is being made, so a burst of requests
+    /// waits for one connection instead of opening one each.
+    dialing: tokio::sync::Mutex<()>,
 }
 
-/// Returns a connection to its pool once the response body is fully read.
+/// Returns an HTTP/1.1 connection to its pool once the response body is
+/// fully read. (An HTTP/2 stream needs no return.)
 pub struct Lease {
     pool: Arc<Pool>,
-    sender: http1::SendRequest<Body>,
+    sender: Option<http1::SendRequest<Body>>,
 }
 
 impl OnEnd for Lease {
     fn done(self: Box<Self>) {
         let Lease { pool, sender } = *self;
-        pool.release(sender);
+        if let Some(s) = sender {
+            pool.release(s);
+        }
     }
 }
 
+/// A connection a request goes out on.
+enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
 impl Pool {
-    /// An empty pool for `addr`.
-    pub fn new(addr: SocketAddr) -> Pool {
+    /// An empty pool for the backend `b` describes.
+    pub fn new(b: &config::Backend) -> Pool {
         Pool {
-            addr,
+            link: Link::new(b),
             idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
+            dialing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// How this pool reaches its backend.
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     /// The backend address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.link.addr()
     }
 
     /// The most recently idled connection that is open and has idled less
@@ -171,22 +198,47 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, t: &Timeouts) -> Result<http1::SendRequest<Body>, io::Error> {
-        let stream = match tokio::time::timeout(t.connect, TcpStream::connect(self.addr)).await {
-            Ok(s) => s?,
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    /// The shared HTTP/2 connection, made if there is none open.
+    /// `fresh`: the current one failed a request; replace it.
+    async fn http2(&self, fresh: bool, t: &Timeouts) -> io::Result<http2::SendRequest<Body>> {
+        let current = || {
+            let slot = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            slot.as_ref().filter(|s| !s.is_closed()).cloned()
         };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(io::Error::other)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+        let seen = if fresh { None } else { current() };
+        if let Some(s) = seen {
+            return Ok(s);
+        }
+        let _one = self.dialing.lock().await;
+        // Another request may have connected while this one waited.
+        if !fresh {
+            if let Some(s) = current() {
+                return Ok(s);
             }
-        });
-        Ok(sender)
+        }
+        let s = self.link.http2(t.connect).await?;
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.clone());
+        Ok(s)
+    }
+
+    /// A connection to send on, and whether it had carried requests before.
+    async fn sender(&self, fresh_only: bool, t: &Timeouts) -> io::Result<(Sender, bool)> {
+        match self.link.protocol() {
+            Protocol::Http1 => {
+                let pooled = if fresh_only {
+                    None
+                } else {
+                    self.checkout(t.idle)
+                };
+                match pooled {
+                    Some(s) => Ok((Sender::H1(s), true)),
+                    None => Ok((Sender::H1(self.link.http1(t.connect).await?), false)),
+                }
+            }
+            // A shared HTTP/2 connection is treated as new: its failures are
+            // the backend's, not a keep-alive race.
+            Protocol::H2 => Ok((Sender::H2(self.http2(fresh_only, t).await?), false)),
+        }
     }
 
     /// Sends `req` on a pooled or new connection. On success the caller gets
@@ -207,25 +259,23 @@ impl Pool {
         body: Option<&BodyWatch>,
         t: &Timeouts,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
+        self.link.prepare(&mut req);
         let mut fresh_only = false;
         // Each stale pooled connection is discarded; the loop ends on a fresh one.
         loop {
-            let pooled_sender = if fresh_only {
-                None
-            } else {
-                self.checkout(t.idle)
+            let (mut sender, pooled) = match self.sender(fresh_only, t).await {
+                Ok(s) => s,
+                Err(e) => return Err(SendError::new(Failure::Connect(e), Some(req))),
             };
-            let (mut sender, pooled) = match pooled_sender {
-                Some(s) => (s, true),
-                None => match self.connect(t).await {
-                    Ok(s) => (s, false),
-                    Err(e) => return Err(SendError::new(Failure::Connect(e), Some(req))),
-                },
+            let exchange = match &mut sender {
+                Sender::H1(s) => {
+                    if pooled && s.ready().await.is_err() {
+                        continue;
+                    }
+                    futures_util::future::Either::Left(s.try_send_request(req))
+                }
+                Sender::H2(s) => futures_util::future::Either::Right(s.try_send_request(req)),
             };
-            if pooled && sender.ready().await.is_err() {
-                continue;
-            }
-            let exchange = sender.try_send_request(req);
             let answer = match body {
                 None => tokio::time::timeout(t.response, exchange).await.ok(),
                 // The backend's clock stops while the client trickles its body.
@@ -241,17 +291,27 @@ impl Pool {
             match answer {
                 None => return Err(SendError::new(Failure::Timeout, None)),
                 Some(Ok(resp)) => {
+                    let sender = match sender {
+                        Sender::H1(s) => Some(s),
+                        Sender::H2(_) => None,
+                    };
                     return Ok((
                         resp,
                         Lease {
                             pool: self.clone(),
                             sender,
                         },
-                    ))
+                    ));
                 }
                 Some(Err(mut e)) => match e.take_message() {
                     // Never serialized: the connection died under us. Safe to try again.
                     Some(r) if pooled => req = r,
+                    // The shared HTTP/2 connection closed before the stream
+                    // opened: once more on a new one.
+                    Some(r) if matches!(sender, Sender::H2(_)) && !fresh_only => {
+                        fresh_only = true;
+                        req = r;
+                    }
                     Some(r) => {
                         let e = io::Error::other(e.into_error());
                         return Err(SendError::new(Failure::Connect(e), Some(r)));
