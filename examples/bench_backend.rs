@@ -2,8 +2,11 @@
 //! short body naming itself and `x-backend: NAME`; `/healthz` answers 200 `ok`.
 //!
 //! ```text
-//! cargo run --release --example bench_backend -- --name b1 --port 0 [--exit-after 120s]
+//! cargo run --release --example bench_backend -- --name b1 --port 0 [--exit-after 120s] [--tls]
 //! ```
+//!
+//! `--tls` serves HTTP/1.1 over TLS with the dev certificate (`certs/`), for
+//! the cost of TLS between tether and its backends.
 //!
 //! Prints `listening 127.0.0.1:PORT` on stdout once it accepts connections.
 //! One current-thread runtime: three of these share a 2-core machine with the
@@ -38,6 +41,25 @@ struct Args {
     /// Exit by itself after this long (e.g. "120s"); default: run until killed.
     #[arg(long, value_parser = humantime::parse_duration)]
     exit_after: Option<Duration>,
+    /// Serve over TLS with certs/localhost.crt and .key.
+    #[arg(long)]
+    tls: bool,
+}
+
+fn acceptor() -> Result<tokio_rustls::TlsAcceptor, Box<dyn std::error::Error>> {
+    use rustls_pki_types::pem::PemObject;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(dir.join("localhost.crt"))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(dir.join("localhost.key"))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg)))
 }
 
 /// What every response carries, built once.
@@ -70,6 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         name: HeaderValue::from_str(&args.name)?,
         body: Bytes::from(format!("{}\n", args.name)),
     };
+    let tls = if args.tls { Some(acceptor()?) } else { None };
     let listener = TcpListener::bind(("127.0.0.1", args.port)).await?;
     let addr = listener.local_addr()?;
     {
@@ -89,14 +112,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let _ = stream.set_nodelay(true);
             let canned = canned.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let resp = answer(&canned, &req);
                     async move { Ok::<_, Infallible>(resp) }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let conn = http1::Builder::new();
+                let _ = match tls {
+                    None => conn.serve_connection(TokioIo::new(stream), svc).await,
+                    Some(a) => match a.accept(stream).await {
+                        Ok(s) => conn.serve_connection(TokioIo::new(s), svc).await,
+                        Err(_) => return,
+                    },
+                };
             });
         }
     };

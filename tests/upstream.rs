@@ -502,3 +502,21 @@ async fn a_session_sticks_to_its_h2_backend() {
         );
     }
 }
+
+/// HTTP/2 has no `Upgrade`: a WebSocket handshake to an h2 backend reaches
+/// it as a plain GET without the hop-by-hop upgrade headers, and the client
+/// gets the backend's answer instead of 101 (no hang, no error from tether).
+#[tokio::test]
+async fn an_upgrade_to_an_h2_backend_arrives_as_a_plain_request() {
+    let up = Upstream::start("app1", PLAIN).await;
+    let t = Tether::start(&cfg(&[&up], "protocol = \"h2\"", "")).await;
+    let ws = [
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let r = plain_get(t.addr(), "/ws", &ws).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(json(&r.body)["version"], "HTTP/2.0");
+}

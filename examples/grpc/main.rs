@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --example grpc                      # the walk-through; exits 0 if every session stuck
 //! cargo run --release --example grpc -- serve NAME ADDR   # one backend, for benches
+//! cargo run --release --example grpc -- load ADDR CALLS CONCURRENCY   # unary load, JSON out
 //! ```
 
 mod echo;
@@ -19,13 +20,21 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [cmd, name, addr] = args.as_slice() {
-        if cmd == "serve" {
-            return serve_one(name, addr).await;
+    match args.as_slice() {
+        [] => {}
+        [cmd, name, addr] if cmd == "serve" => return serve_one(name, addr).await,
+        [cmd, addr, calls, conc] if cmd == "load" => {
+            if let (Ok(addr), Ok(calls), Ok(conc)) = (addr.parse(), calls.parse(), conc.parse()) {
+                return load(addr, calls, conc).await;
+            }
         }
+        _ => {}
     }
     if !args.is_empty() {
-        eprintln!("usage: grpc            (the walk-through)\n       grpc serve NAME ADDR");
+        eprintln!(
+            "usage: grpc                              (the walk-through)\n       \
+             grpc serve NAME ADDR\n       grpc load ADDR CALLS CONCURRENCY"
+        );
         return ExitCode::from(2);
     }
     match walk().await {
@@ -50,6 +59,57 @@ async fn serve_one(name: &str, addr: &str) -> ExitCode {
         println!("listening {a}");
     }
     let _ = echo::serve(name, listener).await;
+    ExitCode::SUCCESS
+}
+
+/// `calls` unary calls from `conc` concurrent callers over one HTTP/2
+/// connection, each caller its own session; prints one JSON line.
+async fn load(addr: SocketAddr, calls: u64, conc: u64) -> ExitCode {
+    let client = match echo::Client::connect(addr).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot connect to {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let start = std::time::Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    let conc = conc.max(1);
+    for i in 0..conc {
+        let mut c = client.clone();
+        let n = calls / conc + u64::from(i < calls % conc);
+        callers.spawn(async move {
+            let session = format!("session-{i}");
+            let (mut ok, mut lat) = (0u64, Vec::with_capacity(n as usize));
+            for _ in 0..n {
+                let t = std::time::Instant::now();
+                if c.say(&session, "ping").await.is_ok() {
+                    ok += 1;
+                    lat.push(t.elapsed().as_micros() as u64);
+                }
+            }
+            (ok, lat)
+        });
+    }
+    let (mut ok, mut lat) = (0, Vec::new());
+    while let Some(Ok((o, l))) = callers.join_next().await {
+        ok += o;
+        lat.extend(l);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "{{\"calls\":{calls},\"ok\":{ok},\"errors\":{},\"secs\":{secs:.3},\"per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{}}}",
+        calls - ok,
+        ok as f64 / secs,
+        pct(0.5),
+        pct(0.99)
+    );
     ExitCode::SUCCESS
 }
 
