@@ -90,6 +90,9 @@ pub struct Backend {
     pub requests: AtomicU64,
     /// Requests that failed at this backend (connect, timeout, broken response).
     pub failures: AtomicU64,
+    /// While draining: the session-clock time (ms) after which its sessions
+    /// fail over; 0 = none (they stay until they end).
+    drain_until_ms: AtomicU64,
     /// Keeps `id` meaning `name` for as long as this backend exists.
     lease: Option<Arc<IdLease>>,
 }
@@ -108,6 +111,7 @@ impl Backend {
             failure_streak: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            drain_until_ms: AtomicU64::new(0),
             lease: None,
         }
     }
@@ -146,9 +150,32 @@ impl Backend {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Sets the operator's switch; returns the previous one.
+    /// Sets the operator's switch; returns the previous one. Any switch
+    /// clears a drain deadline ([`Backend::drain_by`] sets one after).
     pub fn set_admin(&self, a: Admin) -> Admin {
+        self.drain_until_ms.store(0, Ordering::Relaxed);
         Admin::from_u8(self.admin.swap(a as u8, Ordering::Relaxed))
+    }
+
+    /// Drains with a deadline: from `until_ms` (session clock) the sessions
+    /// still pinned here fail over. Returns the previous switch.
+    pub fn drain_by(&self, until_ms: u64) -> Admin {
+        let before = self.set_admin(Admin::Draining);
+        self.drain_until_ms
+            .store(until_ms.max(1), Ordering::Relaxed);
+        before
+    }
+
+    /// The drain deadline, while draining with one.
+    pub fn drain_deadline(&self) -> Option<u64> {
+        let d = self.drain_until_ms.load(Ordering::Relaxed);
+        (d != 0 && self.admin() == Admin::Draining).then_some(d)
+    }
+
+    /// Has a drain's deadline passed at `now_ms`? Its sessions then move.
+    #[inline]
+    pub fn drain_expired(&self, now_ms: u64) -> bool {
+        self.drain_deadline().is_some_and(|d| now_ms >= d)
     }
 
     /// Records observed health; returns the previous value.
@@ -169,10 +196,14 @@ impl Backend {
         self.set_admin(admin);
     }
 
-    /// Copies both switches from `other` (a reload that rebuilt this backend).
+    /// Copies both switches, and a drain's deadline, from `other` (a reload
+    /// that rebuilt this backend).
     pub fn inherit(&self, other: &Backend) {
         self.set_healthy(other.healthy());
         self.set_admin(other.admin());
+        if let Some(d) = other.drain_deadline() {
+            self.drain_by(d);
+        }
     }
 
     /// A request found the backend unreachable (refused, reset). After

@@ -18,7 +18,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::backends::{Admin as Switch, Backend};
+use crate::backends::{Admin as Switch, Backend, State};
 use crate::body::Body;
 use crate::keys;
 use crate::metrics::BackendView;
@@ -84,6 +84,7 @@ pub fn backend_views(shared: &Shared) -> Vec<BackendView> {
             state: b.state().as_str(),
             sessions: shared.store.sessions_on(b.id),
             index: b.id.0 as usize,
+            drain_secs_left: api::drain_secs_left(b, shared.clock.now_ms()),
         })
         .collect()
 }
@@ -131,17 +132,35 @@ pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body>
             );
             r
         }
-        (&Method::GET, ["api", "backends"]) => api::list(&snap.backends, &shared.store),
+        (&Method::GET, ["live"]) => text(StatusCode::OK, "live\n"),
+        (&Method::GET, ["ready"]) => {
+            if snap.backends.iter().any(|b| b.state() == State::Up) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "503 not ready: no backend is up\n",
+                )
+            }
+        }
+        (&Method::GET, ["api", "backends"]) => api::list(&snap.backends, shared),
         (_, ["api", "backends", name, rest @ ..]) => {
             let Some(b) = find(name) else {
                 return text(StatusCode::NOT_FOUND, "404 no such backend\n");
             };
             match (&method, rest) {
-                (&Method::GET, []) => api::json(StatusCode::OK, &api::object(b, &shared.store)),
-                (&Method::GET, ["drained"]) => api::drained(b, &shared.store),
-                (&Method::POST, ["drain"]) => api::switch(b, Switch::Draining, &shared.store),
-                (&Method::POST, ["disable"]) => api::switch(b, Switch::Disabled, &shared.store),
-                (&Method::POST, ["enable"]) => api::switch(b, Switch::Normal, &shared.store),
+                (&Method::GET, []) => api::json(StatusCode::OK, &api::object(b, shared)),
+                (&Method::GET, ["drained"]) => api::drained(b, shared),
+                (&Method::POST, ["drain"]) => match api::deadline(req.uri().query()) {
+                    Ok(None) => api::switch(b, Switch::Draining, shared),
+                    Ok(Some(d)) => api::drain_by(b, d, shared),
+                    Err(why) => api::json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({ "error": why }),
+                    ),
+                },
+                (&Method::POST, ["disable"]) => api::switch(b, Switch::Disabled, shared),
+                (&Method::POST, ["enable"]) => api::switch(b, Switch::Normal, shared),
                 (_, [] | ["drained" | "drain" | "disable" | "enable"]) => {
                     text(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n")
                 }

@@ -38,6 +38,8 @@ pub const SESSIONS_LIVE: &str = "tether_sessions_live";
 pub const BACKEND_SESSIONS: &str = "tether_backend_sessions";
 /// Gauge: 1 for a backend's current state, 0 for the other three.
 pub const BACKEND_STATE: &str = "tether_backend_state";
+/// Gauge: seconds until a draining backend's deadline moves its sessions.
+pub const BACKEND_DRAIN_SECONDS_LEFT: &str = "tether_backend_drain_seconds_left";
 /// Gauge: a backend's configured weight.
 pub const BACKEND_WEIGHT: &str = "tether_backend_weight";
 /// Gauge: always 1; carries a backend's address as a label.
@@ -150,10 +152,12 @@ pub enum PinLost {
     BackendDisabled,
     /// Its backend was removed from the config.
     BackendRemoved,
+    /// Its backend's drain deadline passed.
+    DrainDeadline,
 }
 
 impl PinLost {
-    const ALL: [PinLost; 7] = [
+    const ALL: [PinLost; 8] = [
         PinLost::Idle,
         PinLost::Absolute,
         PinLost::Ended,
@@ -161,6 +165,7 @@ impl PinLost {
         PinLost::BackendDown,
         PinLost::BackendDisabled,
         PinLost::BackendRemoved,
+        PinLost::DrainDeadline,
     ];
 
     /// The label value, snake_case.
@@ -173,6 +178,7 @@ impl PinLost {
             PinLost::BackendDown => "backend_down",
             PinLost::BackendDisabled => "backend_disabled",
             PinLost::BackendRemoved => "backend_removed",
+            PinLost::DrainDeadline => "drain_deadline",
         }
     }
 }
@@ -194,6 +200,9 @@ pub struct BackendView {
     pub sessions: u64,
     /// The index this backend's counters were incremented under.
     pub index: usize,
+    /// While draining with a deadline: seconds left until it passes (0 once
+    /// it has).
+    pub drain_secs_left: Option<f64>,
 }
 
 /// Per-backend counters, one cache-unfriendly but lock-free block each.

@@ -243,6 +243,18 @@ fn render_backends(o: &mut String, views: &[Row<'_>]) {
     }
     family(
         o,
+        BACKEND_DRAIN_SECONDS_LEFT,
+        "gauge",
+        "Seconds until a draining backend's deadline fails its remaining sessions over (only backends draining with a deadline).",
+    );
+    for (v, _) in views {
+        if let Some(left) = v.drain_secs_left {
+            let labels = [("backend", v.name.as_str())];
+            line(o, BACKEND_DRAIN_SECONDS_LEFT, &labels, &float(left));
+        }
+    }
+    family(
+        o,
         BACKEND_WEIGHT,
         "gauge",
         "Configured weight of each backend.",

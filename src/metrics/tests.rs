@@ -25,6 +25,7 @@ fn view(name: &str, index: usize, state: &'static str, sessions: u64) -> Backend
         state,
         sessions,
         index,
+        drain_secs_left: None,
     }
 }
 
@@ -150,6 +151,7 @@ fn a_reset_backend_index_starts_from_zero() {
             state: "up",
             sessions: 0,
             index: 3,
+            drain_secs_left: None,
         }],
         0,
         0.0,
@@ -452,6 +454,7 @@ fn renders_exactly_this_text() {
             state: "draining",
             sessions: 5,
             index: 2,
+            drain_secs_left: Some(90.5),
         },
         BackendView {
             name: "b".into(),
@@ -460,6 +463,7 @@ fn renders_exactly_this_text() {
             state: "up",
             sessions: 0,
             index: 0,
+            drain_secs_left: None,
         },
     ];
     let want = GOLDEN.replace("{version}", env!("CARGO_PKG_VERSION"));
@@ -546,6 +550,7 @@ tether_session_pins_lost_total{reason="regenerated"} 0
 tether_session_pins_lost_total{reason="backend_down"} 0
 tether_session_pins_lost_total{reason="backend_disabled"} 0
 tether_session_pins_lost_total{reason="backend_removed"} 0
+tether_session_pins_lost_total{reason="drain_deadline"} 0
 # HELP tether_sessions_live Live sessions in the store.
 # TYPE tether_sessions_live gauge
 tether_sessions_live 7
@@ -579,6 +584,9 @@ tether_backend_state{backend="b",state="up"} 1
 tether_backend_state{backend="b",state="down"} 0
 tether_backend_state{backend="b",state="draining"} 0
 tether_backend_state{backend="b",state="disabled"} 0
+# HELP tether_backend_drain_seconds_left Seconds until a draining backend's deadline fails its remaining sessions over (only backends draining with a deadline).
+# TYPE tether_backend_drain_seconds_left gauge
+tether_backend_drain_seconds_left{backend="app-1"} 90.5
 # HELP tether_backend_weight Configured weight of each backend.
 # TYPE tether_backend_weight gauge
 tether_backend_weight{backend="app-1"} 3

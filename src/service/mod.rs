@@ -217,6 +217,7 @@ fn count_pin_lost(shared: &Shared, snap: &Snapshot, lost: PinLoss, to: usize) {
                 Gone::Down => PinLost::BackendDown,
                 Gone::Disabled => PinLost::BackendDisabled,
                 Gone::Removed => PinLost::BackendRemoved,
+                Gone::DrainDeadline => PinLost::DrainDeadline,
             }
         }
     };

@@ -6,8 +6,8 @@
 use super::*;
 
 /// The backend table as `session::decide` sees it: this snapshot's
-/// backends, their status and its ring.
-pub(super) struct View<'s>(&'s Snapshot);
+/// backends, their status and its ring, at session-clock time `.1`.
+pub(super) struct View<'s>(&'s Snapshot, u64);
 
 impl decide::Table for View<'_> {
     #[inline]
@@ -22,7 +22,7 @@ impl decide::Table for View<'_> {
     fn unavailable(&self, i: usize) -> Option<Gone> {
         let b = &self.0.backends[i];
         if b.eligible_for_existing() {
-            None
+            b.drain_expired(self.1).then_some(Gone::DrainDeadline)
         } else if b.state() == BackendState::Disabled {
             Some(Gone::Disabled)
         } else {
@@ -88,7 +88,7 @@ pub(super) async fn cookie_plan(
             }
         }
     };
-    let d = decide::for_cookie(&presented, found, now, t, snap.strict, &View(snap));
+    let d = decide::for_cookie(&presented, found, now, t, snap.strict, &View(snap, now));
     new_session_allowed(shared, snap, conn, &d)?;
     let claims = d.claims.unwrap_or_else(|| Claims {
         id: SessionId::random(),
@@ -141,7 +141,7 @@ pub(super) async fn app_plan(
             // Only a key the store does not know is looked for (and
             // remembered) in the sightings.
             let seen = found == Found::Missing && shared.sightings.sighted(key);
-            let d = decide::for_app_key(found, seen, ring_key, snap.strict, &View(snap));
+            let d = decide::for_app_key(found, seen, ring_key, snap.strict, &View(snap, now));
             (d, Some(key), ring_key)
         }
     };

@@ -20,6 +20,8 @@ pub enum Gone {
     Disabled,
     /// No longer in the configuration.
     Removed,
+    /// Draining, and the drain's deadline has passed.
+    DrainDeadline,
 }
 
 /// The backend table as a decision sees it. `service/` answers from the
@@ -28,7 +30,7 @@ pub trait Table {
     /// The index of the backend a pin names, if it is still configured.
     fn resolve(&self, pin: Pin) -> Option<usize>;
     /// Why backend `i` cannot keep the sessions pinned to it; `None` when it
-    /// can (`up` or `draining`).
+    /// can (`up`, or `draining` before any deadline).
     fn unavailable(&self, i: usize) -> Option<Gone>;
     /// Backend `i`'s name tag, as a cookie carries it.
     fn tag(&self, i: usize) -> u64;
