@@ -25,7 +25,7 @@ use crate::hygiene;
 use crate::metrics::{Metrics, PinLost, SessionEvent};
 use crate::session::cookie::{find_cookie, Claims, SessionId};
 use crate::session::decide::{self, Decision, Gone, PinLoss, Presented, Route, Write};
-use crate::session::source::{app_cookie_set, app_key, KeySource};
+use crate::session::source::{app_key, learned_key, KeySource};
 use crate::session::{Control, Pin, SessionState};
 use crate::snapshot::Snapshot;
 use crate::store::{EndReason, Found, Insert, Record, SessionKey, SessionStore, Sightings, Store};

@@ -321,7 +321,7 @@ pub(super) async fn commit(
             headers::add_set_cookie(h, cookie);
         }
         Sess::App { key, stored } => {
-            learn_app_cookie(shared, snap, h, b, key, stored, now).await;
+            learn_app_key(shared, snap, h, b, key, now).await;
             if let (Some(k), Some(c)) = (key, control) {
                 let reason = match c {
                     Control::End => EndReason::Ended,
@@ -373,36 +373,38 @@ pub(super) async fn regenerate(shared: &Shared, b: &Backend, claims: Claims, now
     fresh
 }
 
-/// Stores the pin a backend teaches by setting the app's cookie on its
-/// response (`key`: the key the request carried, `stored`: whether the store
-/// holds it).
-pub(super) async fn learn_app_cookie(
+/// Stores the pin a backend teaches by naming the session in its response
+/// (the app's `Set-Cookie`, or the session header; see
+/// `session::source::learned_key`). `key`: the key the request carried.
+pub(super) async fn learn_app_key(
     shared: &Shared,
     snap: &Snapshot,
     h: &http::HeaderMap,
     b: &Backend,
     key: Option<SessionKey>,
-    stored: bool,
     now: u64,
 ) {
-    let KeySource::AppCookie(name) = &snap.source else {
-        return;
-    };
-    let Some(v) = app_cookie_set(h, name) else {
+    let Some(v) = learned_key(&snap.source, h) else {
         return;
     };
     let (learned, _) = snap.app_digest.digest(v);
+    // The key the request itself carried teaches nothing. On a stored
+    // session it would only restart its clocks (servers name the session
+    // again on every answer, as the MCP SDKs do). Unstored, it is a key a
+    // client chose, and a backend that puts back whatever it is sent (as
+    // correlation-id middleware does) must not make every invented key a
+    // pin that always finds room: it stays under the sighting rules.
+    if Some(learned) == key {
+        return;
+    }
     // A pin learned from the backend always goes in (making room if a
-    // client's claim holds it); the same value set again on a stored session
-    // would only restart its clock.
-    if Some(learned) != key || !stored {
-        let rec = Record {
-            backend: b.id,
-            created_ms: now,
-            seen_ms: now,
-        };
-        if shared.store.insert(learned, rec).await == Insert::Full {
-            shared.metrics.store_full();
-        }
+    // client's claim holds it).
+    let rec = Record {
+        backend: b.id,
+        created_ms: now,
+        seen_ms: now,
+    };
+    if shared.store.insert(learned, rec).await == Insert::Full {
+        shared.metrics.store_full();
     }
 }
