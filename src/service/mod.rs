@@ -112,6 +112,10 @@ enum Sess {
     App {
         key: Option<SessionKey>,
         stored: bool,
+        /// The session header's value as the request carried it (header
+        /// source only): a server that names the session again on every
+        /// answer is recognised without a digest.
+        carried: Option<http::HeaderValue>,
     },
 }
 

@@ -147,11 +147,20 @@ pub(super) async fn app_plan(
     };
     new_session_allowed(shared, snap, conn, &d)?;
     let (i, stored) = carry_out(shared, snap, &d, key, ring_key, now).await?;
+    // A clone of a parsed header value shares its bytes: no allocation.
+    let carried = match &snap.source {
+        KeySource::Header(name) if key.is_some() => req.headers().get(name).cloned(),
+        _ => None,
+    };
     Ok(Plan {
         state: d.state,
         backend: i,
         ring_key,
-        session: Sess::App { key, stored },
+        session: Sess::App {
+            key,
+            stored,
+            carried,
+        },
     })
 }
 
@@ -320,8 +329,12 @@ pub(super) async fn commit(
             };
             headers::add_set_cookie(h, cookie);
         }
-        Sess::App { key, stored } => {
-            learn_app_key(shared, snap, h, b, key, now).await;
+        Sess::App {
+            key,
+            stored,
+            ref carried,
+        } => {
+            learn_app_key(shared, snap, h, b, key, carried.as_ref(), now).await;
             if let (Some(k), Some(c)) = (key, control) {
                 let reason = match c {
                     Control::End => EndReason::Ended,
@@ -375,18 +388,25 @@ pub(super) async fn regenerate(shared: &Shared, b: &Backend, claims: Claims, now
 
 /// Stores the pin a backend teaches by naming the session in its response
 /// (the app's `Set-Cookie`, or the session header; see
-/// `session::source::learned_key`). `key`: the key the request carried.
+/// `session::source::learned_key`). `key`: the key the request carried;
+/// `carried`: its header value, for the header source.
 pub(super) async fn learn_app_key(
     shared: &Shared,
     snap: &Snapshot,
     h: &http::HeaderMap,
     b: &Backend,
     key: Option<SessionKey>,
+    carried: Option<&http::HeaderValue>,
     now: u64,
 ) {
     let Some(v) = learned_key(&snap.source, h) else {
         return;
     };
+    // The request's own value, byte for byte: the same key, known without
+    // a digest (an HMAC on every answer of a server that repeats the id).
+    if carried.is_some_and(|c| c.as_bytes().trim_ascii() == v.as_bytes()) {
+        return;
+    }
     let (learned, _) = snap.app_digest.digest(v);
     // The key the request itself carried teaches nothing. On a stored
     // session it would only restart its clocks (servers name the session
