@@ -259,6 +259,7 @@ pub(super) async fn move_after_retry(
         Sess::App {
             key: Some(k),
             stored: true,
+            ..
         } => {
             shared.store.repin(*k, b.id, now).await;
         }

@@ -25,7 +25,7 @@ use crate::hygiene;
 use crate::metrics::{Metrics, PinLost, SessionEvent};
 use crate::session::cookie::{find_cookie, Claims, SessionId};
 use crate::session::decide::{self, Decision, Gone, PinLoss, Presented, Route, Write};
-use crate::session::source::{app_cookie_set, app_key, KeySource};
+use crate::session::source::{app_key, learned_key, KeySource};
 use crate::session::{Control, Pin, SessionState};
 use crate::snapshot::Snapshot;
 use crate::store::{EndReason, Found, Insert, Record, SessionKey, SessionStore, Sightings, Store};
@@ -112,6 +112,10 @@ enum Sess {
     App {
         key: Option<SessionKey>,
         stored: bool,
+        /// The session header's value as the request carried it (header
+        /// source only): a server that names the session again on every
+        /// answer is recognised without a digest.
+        carried: Option<http::HeaderValue>,
     },
 }
 

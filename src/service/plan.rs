@@ -147,11 +147,20 @@ pub(super) async fn app_plan(
     };
     new_session_allowed(shared, snap, conn, &d)?;
     let (i, stored) = carry_out(shared, snap, &d, key, ring_key, now).await?;
+    // A clone of a parsed header value shares its bytes: no allocation.
+    let carried = match &snap.source {
+        KeySource::Header(name) if key.is_some() => req.headers().get(name).cloned(),
+        _ => None,
+    };
     Ok(Plan {
         state: d.state,
         backend: i,
         ring_key,
-        session: Sess::App { key, stored },
+        session: Sess::App {
+            key,
+            stored,
+            carried,
+        },
     })
 }
 
@@ -320,8 +329,12 @@ pub(super) async fn commit(
             };
             headers::add_set_cookie(h, cookie);
         }
-        Sess::App { key, stored } => {
-            learn_app_cookie(shared, snap, h, b, key, stored, now).await;
+        Sess::App {
+            key,
+            stored,
+            ref carried,
+        } => {
+            learn_app_key(shared, snap, h, b, key, carried.as_ref(), now).await;
             if let (Some(k), Some(c)) = (key, control) {
                 let reason = match c {
                     Control::End => EndReason::Ended,
@@ -373,36 +386,45 @@ pub(super) async fn regenerate(shared: &Shared, b: &Backend, claims: Claims, now
     fresh
 }
 
-/// Stores the pin a backend teaches by setting the app's cookie on its
-/// response (`key`: the key the request carried, `stored`: whether the store
-/// holds it).
-pub(super) async fn learn_app_cookie(
+/// Stores the pin a backend teaches by naming the session in its response
+/// (the app's `Set-Cookie`, or the session header; see
+/// `session::source::learned_key`). `key`: the key the request carried;
+/// `carried`: its header value, for the header source.
+pub(super) async fn learn_app_key(
     shared: &Shared,
     snap: &Snapshot,
     h: &http::HeaderMap,
     b: &Backend,
     key: Option<SessionKey>,
-    stored: bool,
+    carried: Option<&http::HeaderValue>,
     now: u64,
 ) {
-    let KeySource::AppCookie(name) = &snap.source else {
+    let Some(v) = learned_key(&snap.source, h) else {
         return;
     };
-    let Some(v) = app_cookie_set(h, name) else {
+    // The request's own value, byte for byte: the same key, known without
+    // a digest (an HMAC on every answer of a server that repeats the id).
+    if carried.is_some_and(|c| c.as_bytes().trim_ascii() == v.as_bytes()) {
         return;
-    };
+    }
     let (learned, _) = snap.app_digest.digest(v);
+    // The key the request itself carried teaches nothing. On a stored
+    // session it would only restart its clocks (servers name the session
+    // again on every answer, as the MCP SDKs do). Unstored, it is a key a
+    // client chose, and a backend that puts back whatever it is sent (as
+    // correlation-id middleware does) must not make every invented key a
+    // pin that always finds room: it stays under the sighting rules.
+    if Some(learned) == key {
+        return;
+    }
     // A pin learned from the backend always goes in (making room if a
-    // client's claim holds it); the same value set again on a stored session
-    // would only restart its clock.
-    if Some(learned) != key || !stored {
-        let rec = Record {
-            backend: b.id,
-            created_ms: now,
-            seen_ms: now,
-        };
-        if shared.store.insert(learned, rec).await == Insert::Full {
-            shared.metrics.store_full();
-        }
+    // client's claim holds it).
+    let rec = Record {
+        backend: b.id,
+        created_ms: now,
+        seen_ms: now,
+    };
+    if shared.store.insert(learned, rec).await == Insert::Full {
+        shared.metrics.store_full();
     }
 }

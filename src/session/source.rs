@@ -32,13 +32,34 @@ pub fn app_key<'a>(source: &KeySource, headers: &'a HeaderMap, uri: &'a Uri) -> 
     let v = match source {
         KeySource::Cookie(_) => None,
         KeySource::AppCookie(name) => find_cookie(headers.get_all(COOKIE).iter(), name),
-        KeySource::Header(name) => headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim),
+        KeySource::Header(name) => header_value(headers, name),
         KeySource::Query(name) => uri.query().and_then(|q| query_param(q, name)),
     }?;
     (!v.is_empty()).then_some(v)
+}
+
+/// The app key a backend's response teaches, if any: the value it sets for
+/// the app cookie (not a deletion), or the value of the session header
+/// (SPEC section 11: a server that names its own sessions, as MCP's
+/// `Mcp-Session-Id`). Read exactly as a request's key is, so a taught value
+/// and the same value sent back digest alike. tether's cookie and query
+/// parameters are never taught by a response. Empty values count as absent.
+pub fn learned_key<'a>(source: &KeySource, response: &'a HeaderMap) -> Option<&'a str> {
+    let v = match source {
+        KeySource::AppCookie(name) => app_cookie_set(response, name),
+        KeySource::Header(name) => header_value(response, name),
+        KeySource::Cookie(_) | KeySource::Query(_) => None,
+    }?;
+    (!v.is_empty()).then_some(v)
+}
+
+/// The first field `name` carries, trimmed; `None` for a value that is not
+/// visible ASCII.
+fn header_value<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 /// The value of `name` in a query string (first occurrence, raw: ids are
@@ -168,6 +189,54 @@ mod tests {
             HeaderValue::from_static("JSESSIONID=x; Max-Age=0"),
         );
         assert_eq!(app_cookie_set(&d, "JSESSIONID"), None);
+    }
+
+    /// A response head from `name: value` lines.
+    fn head(fields: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for line in fields.lines() {
+            let (k, v) = line.split_once(": ").unwrap();
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn what_a_response_teaches_by_source() {
+        let header = KeySource::Header(http::HeaderName::from_static("mcp-session-id"));
+        let app = KeySource::AppCookie("JSESSIONID".into());
+        let own = KeySource::Cookie("tether_sid".into());
+        let query = KeySource::Query("sid".into());
+        let cases = [
+            (&header, "mcp-session-id: a1b2", Some("a1b2")),
+            (&header, "mcp-session-id:  a1 ", Some("a1")),
+            (&header, "x-other: a1", None),
+            (&header, "mcp-session-id: ", None),
+            (&header, "mcp-session-id:    ", None),
+            (&header, "mcp-session-id: caf\u{e9}", None),
+            (
+                &header,
+                "mcp-session-id: one\nmcp-session-id: two",
+                Some("one"),
+            ),
+            (&header, "set-cookie: mcp-session-id=x", None),
+            (&app, "set-cookie: JSESSIONID=s42; Path=/", Some("s42")),
+            (&app, "set-cookie: JSESSIONID=s42; Max-Age=0", None),
+            (&app, "set-cookie: JSESSIONID=; Path=/", None),
+            (&app, "jsessionid: s42", None),
+            (&own, "set-cookie: tether_sid=x", None),
+            (&query, "sid: x\nset-cookie: sid=x", None),
+        ];
+        for (source, fields, want) in cases {
+            assert_eq!(
+                learned_key(source, &head(fields)),
+                want,
+                "{source:?} from {fields:?}"
+            );
+        }
     }
 
     #[test]
