@@ -1,5 +1,7 @@
 //! A small, fast backend for load benches: answers every request 200 with a
-//! short body naming itself and `x-backend: NAME`; `/healthz` answers 200 `ok`.
+//! short body naming itself and `x-backend: NAME`; `/healthz` answers 200 `ok`;
+//! `/logout` also says `Tether-Session-Control: end` (the app's logout), and
+//! `/state` answers with the request's `Tether-Session-State` as `x-session-state`.
 //!
 //! ```text
 //! cargo run --release --example bench_backend -- --name b1 --port 0 [--exit-after 120s] [--tls]
@@ -70,6 +72,7 @@ struct Canned {
 }
 
 const X_BACKEND: HeaderName = HeaderName::from_static("x-backend");
+const CONTROL: HeaderName = HeaderName::from_static("tether-session-control");
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
 
 fn answer(canned: &Canned, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -82,6 +85,17 @@ fn answer(canned: &Canned, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let headers = resp.headers_mut();
     headers.insert(X_BACKEND, canned.name.clone());
     headers.insert(CONTENT_TYPE, TEXT_PLAIN);
+    match req.uri().path() {
+        "/logout" => {
+            headers.insert(CONTROL, HeaderValue::from_static("end"));
+        }
+        "/state" => {
+            if let Some(v) = req.headers().get("tether-session-state") {
+                headers.insert(HeaderName::from_static("x-session-state"), v.clone());
+            }
+        }
+        _ => {}
+    }
     resp
 }
 

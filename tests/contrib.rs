@@ -51,9 +51,16 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
     let dir = std::env::temp_dir().join(format!("tether-contrib-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let unit = unit_here(&dir);
-    let out = Command::new(&analyze).arg("verify").arg(&unit).output().unwrap();
+    let out = Command::new(&analyze)
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && said.trim().is_empty(), "verify: {said}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "verify: {said}"
+    );
 
     let out = Command::new(&analyze)
         .args(["security", "--offline=true", "--no-pager"])
@@ -68,7 +75,10 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in: {text}"));
     // systemd rates 0-2 as OK; the default for a bare unit is 9.6.
-    assert!(level <= 2.0, "the sandbox loosened: exposure {level}\n{text}");
+    assert!(
+        level <= 2.0,
+        "the sandbox loosened: exposure {level}\n{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -94,7 +104,14 @@ fn the_kubernetes_manifests_pass_the_api_schemas() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{said}");
-    for kind in ["deployment/tether", "statefulset/app", "service/tether-admin"] {
-        assert!(said.contains(&format!("passed for resource {kind}")), "{kind}: {said}");
+    for kind in [
+        "deployment/tether",
+        "statefulset/app",
+        "service/tether-admin",
+    ] {
+        assert!(
+            said.contains(&format!("passed for resource {kind}")),
+            "{kind}: {said}"
+        );
     }
 }
