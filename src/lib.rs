@@ -38,6 +38,7 @@ pub mod error;
 pub mod framing;
 pub mod headers;
 pub mod health;
+pub mod history;
 pub mod hygiene;
 pub mod keys;
 pub mod lifecycle;

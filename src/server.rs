@@ -19,6 +19,7 @@ use crate::admin::{self, AdminState};
 use crate::clock::Clock;
 use crate::config::{Config, StoreKind};
 use crate::health::{Checker, OnProbe};
+use crate::history::History;
 use crate::lifecycle::Drain;
 use crate::listener::Listener;
 use crate::metrics::Metrics;
@@ -224,7 +225,12 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
         })?;
         tracing::info!(%addr, "admin API listening");
         admin_addr = Some(addr);
-        let state = Arc::new(AdminState::new(shared.clone(), a.token.as_deref()));
+        let history = Arc::new(History::new(Metrics::latency_bounds_ms()));
+        background.push(tokio::spawn(admin::recorder::record(
+            shared.clone(),
+            history.clone(),
+        )));
+        let state = Arc::new(AdminState::new(shared.clone(), a.token.as_deref(), history));
         listeners.push(tokio::spawn(admin::serve(socket, state, stop_rx.clone())));
     }
     if resolver.is_some() {

@@ -24,6 +24,8 @@ use crate::upstream;
 pub struct Snapshot {
     /// The validated config this was built from.
     pub config: Arc<Config>,
+    /// 0 for the first snapshot, one more on every reload.
+    pub generation: u64,
     /// Backends in config order; indexes are used by the balancer.
     pub backends: Vec<Arc<Backend>>,
     /// Connection pools, same indexes as `backends`.
@@ -161,6 +163,7 @@ impl Snapshot {
             config::Source::Query => KeySource::Query(s.query_param.clone()),
         };
         Ok(Snapshot {
+            generation: previous.map_or(0, |p| p.generation + 1),
             balancer: Balancer::new(&backends),
             backends,
             upstreams,

@@ -3,7 +3,9 @@
 //! proxy's clients never reach it.
 
 pub mod api;
+pub mod chart;
 pub mod page;
+pub mod recorder;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::backends::{Admin as Switch, Backend, State};
 use crate::body::Body;
+use crate::history::History;
 use crate::keys;
 use crate::metrics::BackendView;
 use crate::service::Shared;
@@ -33,15 +36,18 @@ pub struct AdminState {
     token: Option<digest::Digest>,
     /// When tether started.
     pub started: Instant,
+    /// The recent past the status page draws.
+    pub history: Arc<History>,
 }
 
 impl AdminState {
     /// `token`: the configured bearer token, if any.
-    pub fn new(shared: Arc<Shared>, token: Option<&str>) -> AdminState {
+    pub fn new(shared: Arc<Shared>, token: Option<&str>, history: Arc<History>) -> AdminState {
         AdminState {
             shared,
             token: token.map(|t| digest::digest(&digest::SHA256, t.as_bytes())),
             started: Instant::now(),
+            history,
         }
     }
 
@@ -174,7 +180,9 @@ pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body>
 fn page_view(state: &AdminState) -> page::StatusView {
     let shared = &state.shared;
     let snap = shared.snapshot.load();
-    let secs = state.started.elapsed().as_secs_f64().max(1.0);
+    let samples = state.history.samples();
+    let now = shared.clock.now_ms();
+    let last = samples.last();
     page::StatusView {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: state.started.elapsed().as_secs(),
@@ -184,21 +192,23 @@ fn page_view(state: &AdminState) -> page::StatusView {
         backends: snap
             .backends
             .iter()
-            .map(|b| {
-                let sessions = shared.store.sessions_on(b.id);
-                let requests = b.requests.load(std::sync::atomic::Ordering::Relaxed);
-                page::BackendRow {
-                    name: b.name.to_string(),
-                    address: b.address.to_string(),
-                    weight: b.weight,
-                    state: b.state().as_str(),
-                    sessions,
-                    requests,
-                    errors: b.failures.load(std::sync::atomic::Ordering::Relaxed),
-                    req_rate: requests as f64 / secs,
-                }
+            .map(|b| page::BackendRow {
+                name: b.name.to_string(),
+                address: b.address.to_string(),
+                weight: b.weight,
+                state: b.state().as_str(),
+                sessions: shared.store.sessions_on(b.id),
+                requests: b.requests.load(std::sync::atomic::Ordering::Relaxed),
+                errors: b.failures.load(std::sync::atomic::Ordering::Relaxed),
+                req_rate: last
+                    .and_then(|s| s.backend_rates.iter().find(|(n, _)| **n == *b.name))
+                    .map_or(f64::NAN, |(_, r)| *r),
+                drain_secs_left: api::drain_secs_left(b, now),
             })
             .collect(),
+        now_ms: recorder::read_clock(),
+        samples,
+        events: state.history.events(),
     }
 }
 

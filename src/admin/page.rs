@@ -7,6 +7,10 @@
 //! string it prints goes through [`escape_html`].
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::chart::{self, Series, COLOURS};
+use crate::history::{Event, Sample, SAMPLE_SECS};
 
 /// Seconds between the page's own reloads.
 pub const REFRESH_SECS: u32 = 5;
@@ -26,6 +30,12 @@ pub struct StatusView {
     pub store_kind: &'static str,
     /// One row per configured backend, in the order to show them.
     pub backends: Vec<BackendRow>,
+    /// Now, in ms since the Unix epoch (the charts end here).
+    pub now_ms: u64,
+    /// The last 15 minutes, oldest first.
+    pub samples: Vec<Sample>,
+    /// Recent events, oldest first.
+    pub events: Vec<Event>,
 }
 
 /// One backend's line in the table.
@@ -45,8 +55,10 @@ pub struct BackendRow {
     pub requests: u64,
     /// Requests that failed there (connect, timeout, broken response) since start.
     pub errors: u64,
-    /// Recent requests per second, computed by the caller.
+    /// Requests per second over the last sample (NaN before the first).
     pub req_rate: f64,
+    /// While draining with a deadline: seconds left.
+    pub drain_secs_left: Option<f64>,
 }
 
 /// The whole page. Each backend's share of sessions is computed here, from
@@ -84,9 +96,9 @@ pub fn render(view: &StatusView) -> String {
   <div class="tile"><span class="label">Store</span><span class="value">{store}</span></div>
   <div class="tile{health}"><span class="label">Backends up</span><span class="value">{up}<small> / {n}</small></span></div>
 </section>
-<table>
+{charts}<table>
 <thead>
-<tr><th>Backend</th><th>Address</th><th>State</th><th class="num">Weight</th><th class="sessions">Live sessions</th><th class="num">Req/s</th><th class="num">Requests</th><th class="num">Errors</th></tr>
+<tr><th>Backend</th><th>Address</th><th>State</th><th class="num">Weight</th><th class="sessions">Live sessions</th><th class="num" title="over the last {SAMPLE_SECS} s">Req/s</th><th class="num">Requests</th><th class="num">Errors</th></tr>
 </thead>
 <tbody>
 "#,
@@ -95,6 +107,7 @@ pub fn render(view: &StatusView) -> String {
         mode = escape_html(view.mode),
         live = thousands(view.live_sessions),
         store = escape_html(view.store_kind),
+        charts = charts(view),
         n = view.backends.len(),
         health = match up {
             _ if view.backends.is_empty() => "",
@@ -115,7 +128,7 @@ pub fn render(view: &StatusView) -> String {
             class = state_class(b.state),
             name = escape_html(&b.name),
             addr = escape_html(&b.address),
-            state = escape_html(b.state),
+            state = state_text(b),
             weight = b.weight,
             bar = session_bar(b.sessions, share),
             rate = rate(b.req_rate),
@@ -131,7 +144,7 @@ pub fn render(view: &StatusView) -> String {
 <tr><td>Total</td><td class="addr">{n} backend{s}</td><td></td><td class="num">{total_weight}</td><td class="sessions">{bar}</td><td class="num">{rate}</td><td class="num">{requests}</td>{errors}</tr>
 </tfoot>
 </table>
-<footer>
+{events}<footer>
   <a href="/metrics">/metrics</a> · <a href="/api/backends">/api/backends</a>
   <span class="hint">Sessions: live sessions pinned to each backend and their share. Errors: failed connects, timeouts and broken responses.</span>
 </footer>
@@ -139,6 +152,7 @@ pub fn render(view: &StatusView) -> String {
 </body>
 </html>
 "#,
+        events = events(view),
         n = view.backends.len(),
         s = if view.backends.len() == 1 { "" } else { "s" },
         bar = session_bar(total_sessions, if total_sessions > 0 { 1.0 } else { 0.0 }),
@@ -147,6 +161,138 @@ pub fn render(view: &StatusView) -> String {
         errors = errors_cell(total_errors, total_requests),
     );
     o
+}
+
+/// Series shown per chart at most; the rest are summed into "others".
+const MAX_SERIES: usize = 6;
+/// Events listed, newest first.
+const EVENTS_SHOWN: usize = 20;
+
+/// The four charts of the last 15 minutes.
+fn charts(view: &StatusView) -> String {
+    let line = |label: &str, colour, f: &dyn Fn(&Sample) -> Option<f64>| Series {
+        label: label.to_owned(),
+        colour,
+        points: view.samples.iter().map(|s| (s.at_ms, f(s))).collect(),
+    };
+    let mut o = String::from("<section class=\"charts\">\n");
+    o += &chart::render(
+        "Requests",
+        "per second",
+        &[line("req/s", COLOURS[0], &|s| Some(s.req_rate))],
+        view.now_ms,
+    );
+    o += &chart::render(
+        "5xx responses",
+        "per second",
+        &[line("5xx/s", COLOURS[1], &|s| Some(s.err_rate))],
+        view.now_ms,
+    );
+    o += &chart::render(
+        "Upstream latency",
+        "ms",
+        &[
+            line("p50", COLOURS[0], &|s| s.p50_ms),
+            line("p99", COLOURS[1], &|s| s.p99_ms),
+        ],
+        view.now_ms,
+    );
+    o += &chart::render(
+        "Live sessions",
+        "per backend",
+        &session_series(view),
+        view.now_ms,
+    );
+    o.push_str("</section>\n");
+    o
+}
+
+/// One line per backend, the largest first; past [`MAX_SERIES`] the rest
+/// are summed into one "others" line.
+fn session_series(view: &StatusView) -> Vec<Series> {
+    let Some(last) = view.samples.last() else {
+        return Vec::new();
+    };
+    let mut names: Vec<(Arc<str>, u64)> = last.sessions.clone();
+    names.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let keep = if names.len() <= MAX_SERIES {
+        names.len()
+    } else {
+        MAX_SERIES - 1
+    };
+    let (shown, rest) = names.split_at(keep);
+    let value = |s: &Sample, name: &str| {
+        s.sessions
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| *v as f64)
+    };
+    let mut out: Vec<Series> = shown
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| Series {
+            label: name.to_string(),
+            colour: COLOURS[i % COLOURS.len()],
+            points: view
+                .samples
+                .iter()
+                .map(|s| (s.at_ms, value(s, name)))
+                .collect(),
+        })
+        .collect();
+    if !rest.is_empty() {
+        out.push(Series {
+            label: format!("{} others", rest.len()),
+            colour: COLOURS[COLOURS.len() - 1],
+            points: view
+                .samples
+                .iter()
+                .map(|s| {
+                    let sum: f64 = rest.iter().filter_map(|(n, _)| value(s, n)).sum();
+                    (s.at_ms, Some(sum))
+                })
+                .collect(),
+        });
+    }
+    out
+}
+
+/// The recent events, newest first, with their UTC times.
+fn events(view: &StatusView) -> String {
+    let mut o = String::from("<section class=\"events\"><h2>Recent events</h2>\n<ul>\n");
+    if view.events.is_empty() {
+        o.push_str("<li class=\"empty\">Nothing has happened yet.</li>\n");
+    }
+    for e in view.events.iter().rev().take(EVENTS_SHOWN) {
+        let _ = writeln!(
+            o,
+            r#"<li class="{class}"><time>{time}</time>{text}</li>"#,
+            class = if e.warn { "warn" } else { "info" },
+            time = clock_utc(e.at_ms),
+            text = escape_html(&e.text),
+        );
+    }
+    o.push_str("</ul></section>\n");
+    o
+}
+
+/// `HH:MM:SS` UTC of a time in ms since the Unix epoch.
+fn clock_utc(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}", s / 3600 % 24, s / 60 % 60, s % 60)
+}
+
+/// The state badge's text: a drain with a deadline says what is left.
+fn state_text(b: &BackendRow) -> String {
+    match b.drain_secs_left {
+        Some(left) if left > 0.0 => format!(
+            "{} · {} left",
+            escape_html(b.state),
+            humanize_secs(left.ceil() as u64)
+        ),
+        Some(_) => format!("{} · deadline passed", escape_html(b.state)),
+        None => escape_html(b.state),
+    }
 }
 
 /// Escapes the five characters that matter in HTML text and attribute values.
@@ -267,9 +413,9 @@ h1 { margin: 0; font-size: 22px; font-weight: 700; letter-spacing: -0.01em; }
 .tile.warn { border-color: #f0d878; background: #fffbe6; }
 .tile.bad { border-color: #ffcecb; background: #fff5f4; }
 .tile small { font-size: 14px; font-weight: 500; color: #6e7781; }
-table { width: 100%; border-collapse: separate; border-spacing: 0; background: #fff;
+table { width: 100%; table-layout: auto; border-collapse: separate; border-spacing: 0; background: #fff;
   border: 1px solid #d8dee4; border-radius: 8px; overflow: hidden; }
-th, td { padding: 9px 14px; text-align: left; white-space: nowrap; }
+th, td { padding: 9px 12px; text-align: left; white-space: nowrap; }
 th { font-size: 11px; text-transform: uppercase; letter-spacing: .06em; color: #57606a;
   background: #f6f8fa; border-bottom: 1px solid #d8dee4; font-weight: 600; }
 tbody td { border-bottom: 1px solid #eaeef2; }
@@ -305,6 +451,24 @@ footer { margin-top: 12px; font-size: 12px; color: #6e7781; }
 footer a { color: #0969da; text-decoration: none; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
 footer a:hover { text-decoration: underline; }
 .hint { float: right; }
+.charts { display: grid; grid-template-columns: repeat(2, 1fr); gap: 10px; margin-bottom: 16px; }
+.chart { margin: 0; background: #fff; border: 1px solid #d8dee4; border-radius: 8px; padding: 8px 10px 6px; }
+.chart figcaption { font-size: 12px; font-weight: 600; color: #1f2328; }
+.chart .unit { font-weight: 400; color: #6e7781; }
+.chart svg { display: block; width: 100%; height: auto; }
+.chart .grid { stroke: #eaeef2; stroke-width: 1; }
+.chart text { font-size: 10px; fill: #6e7781; }
+.chart .ylabel { text-anchor: end; }
+.legend { font-size: 11px; color: #57606a; }
+.legend span { margin-right: 10px; white-space: nowrap; }
+.legend i { display: inline-block; width: 10px; height: 3px; vertical-align: 3px; margin-right: 4px; }
+.events { margin-top: 16px; background: #fff; border: 1px solid #d8dee4; border-radius: 8px; padding: 8px 14px; }
+.events h2 { font-size: 12px; text-transform: uppercase; letter-spacing: .06em; color: #57606a; margin: 4px 0 6px; }
+.events ul { list-style: none; margin: 0; padding: 0; }
+.events li { padding: 3px 0; border-bottom: 1px solid #eaeef2; }
+.events li:last-child { border-bottom: none; }
+.events time { display: inline-block; width: 76px; color: #6e7781; font-variant-numeric: tabular-nums; }
+.events li.warn { color: #b0121b; }
 "#;
 
 #[cfg(test)]
@@ -321,6 +485,7 @@ mod tests {
             requests: 1000,
             errors: 3,
             req_rate: 12.5,
+            drain_secs_left: None,
         }
     }
 
@@ -332,6 +497,9 @@ mod tests {
             live_sessions: 42,
             store_kind: "memory",
             backends,
+            now_ms: 0,
+            samples: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -436,6 +604,85 @@ mod tests {
         assert!(row_of(&page, "a").contains(r#"<td class="num">0</td>"#));
         assert!(row_of(&page, "b").contains("width:25%"));
         assert!(row_of(&page, "b").contains(r#"3<span class="pct">0.3%</span>"#));
+    }
+
+    fn sample(at_ms: u64, sessions: Vec<(&str, u64)>) -> Sample {
+        Sample {
+            at_ms,
+            req_rate: 10.0,
+            err_rate: 0.0,
+            p50_ms: Some(2.0),
+            p99_ms: None,
+            sessions: sessions.into_iter().map(|(n, v)| (n.into(), v)).collect(),
+            backend_rates: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn four_charts_and_the_events_newest_first() {
+        let mut v = view(vec![row("a", "up", 1)]);
+        v.now_ms = 3_600_000;
+        v.samples = vec![
+            sample(3_595_000, vec![("a", 1)]),
+            sample(3_600_000, vec![("a", 2)]),
+        ];
+        v.events = vec![
+            Event {
+                at_ms: 3_590_000,
+                warn: false,
+                text: "first".into(),
+            },
+            Event {
+                at_ms: 3_599_000,
+                warn: true,
+                text: "<b>second</b>".into(),
+            },
+        ];
+        let page = render(&v);
+        assert_eq!(page.matches("<svg").count(), 4, "{page}");
+        let first = page.find("first").unwrap();
+        let second = page.find("&lt;b&gt;second&lt;/b&gt;").expect("escaped");
+        assert!(second < first, "newest first");
+        assert!(
+            page.contains(r#"<li class="warn"><time>00:59:59</time>"#),
+            "{page}"
+        );
+        let empty = render(&view(vec![]));
+        assert!(empty.contains("Nothing has happened yet."));
+        assert_eq!(empty.matches("<svg").count(), 4, "charts draw empty too");
+    }
+
+    #[test]
+    fn many_backends_share_one_others_line() {
+        let names: Vec<String> = (0..200).map(|i| format!("b{i:03}")).collect();
+        let sessions: Vec<(&str, u64)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i as u64))
+            .collect();
+        let mut v = view(names.iter().map(|n| row(n, "up", 1)).collect());
+        v.samples = vec![sample(0, sessions)];
+        let series = session_series(&v);
+        let labels: Vec<&str> = series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["b199", "b198", "b197", "b196", "b195", "195 others"]
+        );
+        let others: f64 = (0..195).map(f64::from).sum();
+        assert_eq!(series[5].points, [(0, Some(others))]);
+        let few = view(vec![row("a", "up", 1)]);
+        assert!(session_series(&few).is_empty(), "no sample yet, no lines");
+    }
+
+    #[test]
+    fn a_drain_deadline_shows_in_the_badge() {
+        let mut r = row("a", "draining", 1);
+        r.drain_secs_left = Some(754.2);
+        let page = render(&view(vec![r.clone()]));
+        assert!(page.contains(">draining · 12m 35s left<"), "{page}");
+        r.drain_secs_left = Some(0.0);
+        let page = render(&view(vec![r]));
+        assert!(page.contains(">draining · deadline passed<"), "{page}");
     }
 
     #[test]

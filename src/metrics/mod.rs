@@ -412,6 +412,47 @@ impl Metrics {
             .unwrap_or(0)
     }
 
+    /// Totals for the status page's history: responses and 5xx of the
+    /// backends at `indexes` and of tether's own answers, their upstream
+    /// latency, and the sessions moved off their backend.
+    pub fn totals(&self, indexes: impl Iterator<Item = usize>) -> crate::history::Totals {
+        let mut t = crate::history::Totals {
+            latency: vec![0; SLOTS],
+            ..Default::default()
+        };
+        let mut add = |per: &PerBackend| {
+            t.requests += per.requests.iter().map(load).sum::<u64>();
+            t.server_errors += load(&per.requests[4]);
+            for (sum, slot) in t.latency.iter_mut().zip(&per.latency.slots) {
+                *sum += load(slot);
+            }
+        };
+        indexes.filter_map(|i| self.backend(i)).for_each(&mut add);
+        add(self.no_backend());
+        t.moved = [
+            PinLost::BackendDown,
+            PinLost::BackendDisabled,
+            PinLost::BackendRemoved,
+            PinLost::DrainDeadline,
+        ]
+        .iter()
+        .filter_map(|r| PinLost::ALL.iter().position(|a| a == r))
+        .map(|i| load(&self.pins_lost[i]))
+        .sum();
+        t
+    }
+
+    /// The upper bounds of the latency histogram's buckets, in ms (the
+    /// last slot, past them, has none).
+    pub fn latency_bounds_ms() -> Vec<f64> {
+        BUCKET_NANOS.iter().map(|&n| n as f64 / 1e6).collect()
+    }
+
+    /// Whether the session store answered last.
+    pub fn store_is_up(&self) -> bool {
+        self.store_up.load(Ordering::Relaxed) != 0
+    }
+
     /// The 5xx count for `backend`, for the status page.
     pub fn server_errors_of(&self, backend: usize) -> u64 {
         self.backend(backend)
