@@ -47,6 +47,7 @@ pub mod listener;
 pub mod log;
 pub mod metrics;
 mod passthrough;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod server;
 pub mod service;

@@ -1,5 +1,6 @@
-//! The accept loop of one `[[listener]]`: connection cap, TCP_NODELAY, TLS
-//! handshake under a deadline, then hyper: HTTP/1.1 or HTTP/2 by ALPN on TLS,
+//! The accept loop of one `[[listener]]`: connection cap, TCP_NODELAY, the
+//! PROXY protocol header naming the client (on `proxy_protocol` listeners),
+//! TLS handshake under a deadline, then hyper: HTTP/1.1 or HTTP/2 by ALPN on TLS,
 //! by the first bytes on plain TCP (h2c with prior knowledge), upgrades,
 //! header size, run under the lifecycle deadlines and graceful shutdown of
 //! `lifecycle.rs`. Accept errors are logged and retried; they never end the
@@ -9,11 +10,12 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,6 +30,7 @@ use crate::framing::{Sniffed, Verdicts};
 use crate::lifecycle::{self, Activity, Counted, Drain, Ended, Limits};
 use crate::metrics::OpenConnection;
 use crate::passthrough::write_through;
+use crate::proxy_protocol::{self, Refused};
 use crate::service::{self, ConnInfo, Shared};
 
 /// hyper refuses read buffers under 8 KiB; smaller `max_header_bytes` are
@@ -40,6 +43,8 @@ pub struct Listener {
     pub socket: TcpListener,
     /// `Some` on TLS listeners.
     pub tls: Option<TlsAcceptor>,
+    /// Every connection begins with a PROXY protocol header.
+    pub proxy_protocol: bool,
     /// Shared request-path state.
     pub shared: Arc<Shared>,
     /// Connection cap shared by all listeners (`limits.max_connections`).
@@ -72,6 +77,9 @@ impl Listener {
     /// as they did before.
     pub async fn run(mut self) {
         let local = self.socket.local_addr().ok();
+        let proxied = self
+            .proxy_protocol
+            .then(|| Arc::new(ProxyProtocol::default()));
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
@@ -98,25 +106,29 @@ impl Listener {
             let _ = stream.set_nodelay(true);
             let stream = Slotted {
                 io: stream,
+                first: Bytes::new(),
                 _slot: (permit, self.shared.metrics.open_connection()),
             };
             let shared = self.shared.clone();
             let tls = self.tls.clone();
             let drain = self.drain.watch();
-            tokio::spawn(accepted(shared, tls, drain, stream, peer, opened));
+            let proxied = proxied.clone();
+            tokio::spawn(accepted(shared, tls, proxied, drain, stream, peer, opened));
         }
         tracing::debug!(listener = ?local, "stopped accepting");
     }
 }
 
-/// Serves one accepted connection: on a TLS listener the handshake first,
-/// then HTTP with the connection's limits as they stand now (a reload
-/// changes them for connections accepted after it).
+/// Serves one accepted connection: on a `proxy_protocol` listener the
+/// header first, on a TLS listener the handshake next, then HTTP with the
+/// connection's limits as they stand now (a reload changes them for
+/// connections accepted after it).
 async fn accepted(
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
+    proxied: Option<Arc<ProxyProtocol>>,
     drain: watch::Receiver<bool>,
-    stream: Slotted,
+    mut stream: Slotted,
     peer: SocketAddr,
     opened: Instant,
 ) {
@@ -129,6 +141,30 @@ async fn accepted(
     };
     let max_header_bytes = snap.max_header_bytes;
     drop(snap);
+    // The header and the handshake count against the silent connection's
+    // client_header: in neither did the client send a request, and a
+    // balancer sends its header at once. Both are bounded by the same
+    // instant, so the client's first byte is due when it would be without
+    // them.
+    let deadline = lifecycle::later(opened, limits.client_header);
+    let mut peer = peer;
+    if let Some(pp) = proxied {
+        let read = proxy_protocol::read(&mut stream.io);
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(header)) => {
+                peer = header.client.unwrap_or(peer);
+                stream.first = header.rest;
+            }
+            Ok(Err(e)) => {
+                pp.refused(peer, &e);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "PROXY protocol header timed out");
+                return;
+            }
+        }
+    }
     let conn = Conn {
         info: ConnInfo {
             peer,
@@ -143,9 +179,6 @@ async fn accepted(
     let Some(acceptor) = tls else {
         return conn.serve(stream, Http::Sniff).await;
     };
-    // The handshake counts against the silent connection's
-    // client_header: it is time in which no request was sent.
-    let deadline = lifecycle::later(opened, limits.client_header);
     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
             metrics.tls_handshake(true);
@@ -166,12 +199,39 @@ async fn accepted(
     }
 }
 
+/// What a `proxy_protocol` listener remembers: whether it has warned yet.
+/// A balancer that sends no header (or the wrong listener behind it) makes
+/// every connection fail the same way: the first says so as a warning, the
+/// rest at debug.
+#[derive(Debug, Default)]
+struct ProxyProtocol {
+    warned: AtomicBool,
+}
+
+impl ProxyProtocol {
+    fn refused(&self, peer: SocketAddr, why: &Refused) {
+        match why {
+            Refused::Invalid(_) if !self.warned.swap(true, Ordering::Relaxed) => tracing::warn!(
+                %peer,
+                error = %why,
+                "connection without a valid PROXY protocol header closed \
+                 (does the balancer send one? later ones are logged at debug)"
+            ),
+            // Closed: a balancer's TCP health check connects and leaves.
+            _ => tracing::debug!(%peer, error = %why, "PROXY protocol header refused"),
+        }
+    }
+}
+
 /// A client socket with its `max_connections` slot and its count in
 /// `tether_open_connections`: both are given back when the socket closes,
 /// which for an upgraded (WebSocket) connection is when its tunnel ends,
-/// long after hyper's connection has handed the socket over.
+/// long after hyper's connection has handed the socket over. `first` holds
+/// bytes read with the PROXY protocol header and not yet handed on: they
+/// are the first the connection's reader sees.
 struct Slotted {
     io: TcpStream,
+    first: Bytes,
     _slot: (OwnedSemaphorePermit, OpenConnection),
 }
 
@@ -181,6 +241,12 @@ impl AsyncRead for Slotted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first[..n]);
+            self.first.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }

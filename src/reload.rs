@@ -220,10 +220,7 @@ impl Control {
 
 fn listeners_differ(a: &Config, b: &Config) -> bool {
     a.listeners.len() != b.listeners.len()
-        || a.listeners
-            .iter()
-            .zip(&b.listeners)
-            .any(|(x, y)| x.bind != y.bind || x.tls != y.tls)
+        || a.listeners.iter().zip(&b.listeners).any(|(x, y)| x != y)
 }
 
 fn stamp(p: &PathBuf) -> Option<(SystemTime, u64)> {

@@ -189,20 +189,21 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
                 addr: l.bind,
                 source,
             })?;
-        sockets.push((socket, l.tls));
+        sockets.push((socket, *l));
     }
     let mut addrs = Vec::new();
     let mut listeners = Vec::new();
-    for (socket, is_tls) in sockets {
+    for (socket, conf) in sockets {
         let addr = socket.local_addr().map_err(|source| StartError::Bind {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
         })?;
-        tracing::info!(%addr, tls = is_tls, "listening");
+        tracing::info!(%addr, tls = conf.tls, proxy_protocol = conf.proxy_protocol, "listening");
         addrs.push(addr);
         let l = Listener {
             socket,
-            tls: if is_tls { acceptor.clone() } else { None },
+            tls: if conf.tls { acceptor.clone() } else { None },
+            proxy_protocol: conf.proxy_protocol,
             shared: shared.clone(),
             permits: permits.clone(),
             stop: stop_rx.clone(),

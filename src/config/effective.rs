@@ -32,6 +32,7 @@ impl Config {
                 .map(|l| file::Listener {
                     bind: u(l.bind.to_string()),
                     tls: u(l.tls),
+                    proxy_protocol: l.proxy_protocol,
                 })
                 .collect(),
             tls: self.tls.as_ref().map(|t| file::Tls {

@@ -132,6 +132,9 @@ pub struct Listener {
     /// Terminate TLS with `[tls]`.
     #[serde(default = "no")]
     pub tls: Spanned<bool>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn no() -> Spanned<bool> {

@@ -68,6 +68,9 @@ pub struct Listener {
     pub bind: SocketAddr,
     /// Terminate TLS with [`Config::tls`].
     pub tls: bool,
+    /// Every connection must begin with a PROXY protocol v1 or v2 header;
+    /// the client it names stands in for the TCP peer.
+    pub proxy_protocol: bool,
 }
 
 /// `[tls]`: the certificate chain and key, already read and parsed from PEM.

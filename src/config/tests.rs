@@ -80,7 +80,8 @@ fn minimal_config_has_the_spec_defaults() {
         c.listeners,
         [Listener {
             bind: "127.0.0.1:8080".parse().unwrap(),
-            tls: false
+            tls: false,
+            proxy_protocol: false,
         }]
     );
     assert!(c.tls.is_none());
@@ -163,7 +164,7 @@ fn the_example_file_loads() {
     assert_eq!(c.admin.unwrap().bind, "127.0.0.1:9901".parse().unwrap());
     assert_eq!(c.session.secrets.origin, SecretOrigin::Generated);
     // Every key of SPEC §2 is in the example (set or commented out).
-    const KEYS: &str = "bind tls cert key mode source cookie app_cookie header \
+    const KEYS: &str = "bind tls proxy_protocol cert key mode source cookie app_cookie header \
         query_param idle_timeout absolute_timeout secret_file previous_secret_files same_site \
         secure http_only partitioned path domain strip_cookie balance_factor bind_to on_mismatch strict kind url \
         max_sessions name address weight interval timeout rise fall connect response \
@@ -334,6 +335,30 @@ fn duplicate_listener_bind() {
     let text = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
     let c = from_str(text, Path::new("tether.toml"), None).unwrap();
     assert_eq!(c.listeners.len(), 2);
+}
+
+#[test]
+fn proxy_protocol_is_per_listener_and_shown_by_check() {
+    let text = "[[listener]]\nbind = \"127.0.0.1:8080\"\nproxy_protocol = true\n\
+        [[listener]]\nbind = \"127.0.0.1:8081\"\n\
+        [[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
+    let c = from_str(text, Path::new("tether.toml"), None).unwrap();
+    let on: Vec<bool> = c.listeners.iter().map(|l| l.proxy_protocol).collect();
+    assert_eq!(on, [true, false]);
+    let out = c.effective_toml();
+    let shown: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("proxy_protocol"))
+        .collect();
+    assert_eq!(
+        shown,
+        ["proxy_protocol = true", "proxy_protocol = false"],
+        "{out}"
+    );
+    assert_eq!(
+        err("[[listener]]\nbind = \"127.0.0.1:8443\"\nproxy_protocol = \"v2\""),
+        "tether.toml:3:18: invalid type: string \"v2\", expected a boolean"
+    );
 }
 
 #[test]

@@ -121,6 +121,7 @@ impl Cx<'_> {
             out.push(Listener {
                 bind,
                 tls: *l.tls.get_ref(),
+                proxy_protocol: l.proxy_protocol,
             });
         }
         Ok(out)
