@@ -126,6 +126,7 @@ pub fn demo_config(
         key_path,
         certs: pair.certs,
         key: pair.key,
+        session_resumption: true,
     });
     for l in &mut cfg.listeners {
         l.tls = true;

@@ -104,8 +104,12 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
         )?))),
         None => None,
     };
+    let resumption = config.tls.as_ref().is_some_and(|t| t.session_resumption);
     let acceptor = match &resolver {
-        Some(r) => Some(TlsAcceptor::from(tls::server_config(r.clone())?)),
+        Some(r) => Some(TlsAcceptor::from(tls::server_config(
+            r.clone(),
+            resumption,
+        )?)),
         None => None,
     };
 

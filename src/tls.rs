@@ -275,7 +275,12 @@ impl ResolvesServerCert for CertResolver {
 ///
 /// # Errors
 /// The crypto provider refuses the protocol versions (a build problem).
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+/// `resumption`: keep a session cache and issue tickets (see
+/// [`SESSION_CACHE`]); `false` makes every handshake a full one.
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    resumption: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?
@@ -288,12 +293,18 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, T
     // client that lists a weaker-but-offered choice first from steering the pick, and testssl.sh
     // rates "no server cipher order" HIGH (docs/testssl.txt).
     cfg.ignore_client_order = true;
-    cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
-    cfg.ticketer =
-        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsError(e.to_string()))?;
-    // rustls sends two TLS 1.3 tickets per full handshake by default; a
-    // client resumes with one, and each costs an encryption and a write.
-    cfg.send_tls13_tickets = 1;
+    if resumption {
+        cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+        cfg.ticketer =
+            rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsError(e.to_string()))?;
+        // rustls sends two TLS 1.3 tickets per full handshake by default; a
+        // client resumes with one, and each costs an encryption and a write.
+        cfg.send_tls13_tickets = 1;
+    } else {
+        // No cache, and rustls's default ticketer issues none.
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(cfg))
 }
 
@@ -343,7 +354,7 @@ mod tests {
     fn server_picks_the_suite_and_offers_h2_then_http11() {
         let PemPair { certs, key } = dev_pair();
         let resolver = Arc::new(CertResolver::new(certified_key(certs, key).unwrap()));
-        let cfg = server_config(resolver).unwrap();
+        let cfg = server_config(resolver, true).unwrap();
         assert!(
             cfg.ignore_client_order,
             "testssl.sh rates client order HIGH"

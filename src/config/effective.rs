@@ -38,6 +38,7 @@ impl Config {
             tls: self.tls.as_ref().map(|t| file::Tls {
                 cert: u(t.cert_path.display().to_string()),
                 key: u(t.key_path.display().to_string()),
+                session_resumption: u(t.session_resumption),
             }),
             session: file::Session {
                 mode: s.mode,

@@ -149,6 +149,13 @@ pub struct Tls {
     pub cert: Spanned<String>,
     /// PEM private key.
     pub key: Spanned<String>,
+    /// `session_resumption`: session cache and tickets.
+    #[serde(default = "yes")]
+    pub session_resumption: Spanned<bool>,
+}
+
+fn yes() -> Spanned<bool> {
+    unspanned(true)
 }
 
 /// `[session] mode`.

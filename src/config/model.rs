@@ -83,6 +83,9 @@ pub struct Tls {
     pub certs: Vec<CertificateDer<'static>>,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PrivateKeyDer<'static>,
+    /// Resume TLS sessions (session cache and tickets); `false`: every
+    /// handshake is full.
+    pub session_resumption: bool,
 }
 
 impl Clone for Tls {
@@ -92,6 +95,7 @@ impl Clone for Tls {
             key_path: self.key_path.clone(),
             certs: self.certs.clone(),
             key: self.key.clone_key(),
+            session_resumption: self.session_resumption,
         }
     }
 }
@@ -103,6 +107,7 @@ impl fmt::Debug for Tls {
             .field("key_path", &self.key_path)
             .field("certs", &self.certs.len())
             .field("key", &"<redacted>")
+            .field("session_resumption", &self.session_resumption)
             .finish()
     }
 }

@@ -145,6 +145,7 @@ impl Cx<'_> {
                 PemFile::Key | PemFile::Ca => self.on(&raw.key, e.to_string()),
             })?;
         Ok(Some(Tls {
+            session_resumption: *raw.session_resumption.get_ref(),
             cert_path,
             key_path,
             certs,
