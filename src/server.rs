@@ -134,6 +134,12 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
         StoreKind::Redis => {
             let settings = RedisSettings {
                 url: config.store.url.clone(),
+                sentinel: config.store.sentinel.as_ref().map(|s| {
+                    crate::store::redis::SentinelSettings {
+                        addrs: s.addrs.iter().map(|a| (a.host.clone(), a.port)).collect(),
+                        master_name: s.master_name.clone(),
+                    }
+                }),
                 key_prefix: config.store.key_prefix.clone(),
                 connect_timeout: config.store.connect_timeout,
                 command_timeout: config.store.command_timeout,

@@ -68,7 +68,20 @@ impl Config {
             },
             store: file::Store {
                 kind: u(self.store.kind),
-                url: u(self.store.url.clone()),
+                url: match self.store.sentinel {
+                    None => Some(u(self.store.url.clone())),
+                    Some(_) => None,
+                },
+                sentinels: self
+                    .store
+                    .sentinel
+                    .as_ref()
+                    .map(|s| u(s.addrs.iter().map(|a| u(a.to_string())).collect())),
+                master_name: self
+                    .store
+                    .sentinel
+                    .as_ref()
+                    .map(|s| u(s.master_name.clone())),
                 max_sessions: int(self.store.max_sessions),
                 key_prefix: u(self.store.key_prefix.clone()),
                 connect_timeout: dur(self.store.connect_timeout),

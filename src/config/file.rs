@@ -330,14 +330,22 @@ impl Default for Session {
     }
 }
 
+/// `[store] url` when the file names neither a URL nor sentinels.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
 /// `[store]`.
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
     /// `kind`.
     pub kind: Spanned<StoreKind>,
-    /// `url`.
-    pub url: Spanned<String>,
+    /// `url`; absent: [`DEFAULT_REDIS_URL`], unless `sentinels` stand in
+    /// for it (the two are exclusive, so an explicit one must be told apart).
+    pub url: Option<Spanned<String>>,
+    /// `sentinels`: `host:port` of each Redis Sentinel (instead of `url`).
+    pub sentinels: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `master_name`: the name the sentinels monitor the primary under.
+    pub master_name: Option<Spanned<String>>,
     /// `max_sessions`.
     pub max_sessions: Spanned<i64>,
     /// `key_prefix` (Redis).
@@ -352,7 +360,9 @@ impl Default for Store {
     fn default() -> Self {
         Store {
             kind: unspanned(StoreKind::Memory),
-            url: unspanned("redis://127.0.0.1:6379/0".into()),
+            url: None,
+            sentinels: None,
+            master_name: None,
             max_sessions: unspanned(1_000_000),
             key_prefix: unspanned("tether:".into()),
             connect_timeout: unspanned(Dur(Duration::from_millis(500))),

@@ -33,6 +33,7 @@ pub use model::{
     Secrets, Session, Store, Timeouts, Tls, MAX_BACKENDS, MAX_TOTAL_WEIGHT, MIN_SECRET_BYTES,
     SECRET_ENV,
 };
+pub use model::{HostPort, Sentinel};
 
 /// A config file that cannot be used. Display is always one line.
 #[derive(Debug, thiserror::Error)]

@@ -215,7 +215,10 @@ pub struct Store {
     /// Memory or Redis.
     pub kind: StoreKind,
     /// Redis URL (`redis://` or `rediss://`); checked only for `kind = "redis"`.
+    /// With `sentinel`, the default and unused.
     pub url: String,
+    /// Redis Sentinel: where to ask for the primary instead of `url`.
+    pub sentinel: Option<Sentinel>,
     /// Bound of the memory store (>= 1); for Redis, of the local cache.
     pub max_sessions: usize,
     /// Prefix of every Redis key and of the pub/sub channel (1..=64 bytes, no spaces).
@@ -224,6 +227,35 @@ pub struct Store {
     pub connect_timeout: Duration,
     /// Longest wait for any Redis reply; past it the store counts as unavailable.
     pub command_timeout: Duration,
+}
+
+/// `[store] sentinels` and `master_name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentinel {
+    /// Each sentinel, in the order given (asked in turn).
+    pub addrs: Vec<HostPort>,
+    /// The name the sentinels monitor the primary under.
+    pub master_name: String,
+}
+
+/// A `host:port` resolved when it is dialled, not when the config is read:
+/// a sentinel's name may point elsewhere by the time it is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// A name or an IP address (an IPv6 one without its brackets).
+    pub host: String,
+    /// Never 0.
+    pub port: u16,
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// One `[[backend]]`.

@@ -166,7 +166,7 @@ fn the_example_file_loads() {
     // Every key of SPEC §2 is in the example (set or commented out).
     const KEYS: &str = "bind tls proxy_protocol cert key mode source cookie app_cookie header \
         query_param idle_timeout absolute_timeout secret_file previous_secret_files same_site \
-        secure http_only partitioned path domain strip_cookie balance_factor bind_to on_mismatch strict kind url \
+        secure http_only partitioned path domain strip_cookie balance_factor bind_to on_mismatch strict kind url sentinels master_name \
         max_sessions name address weight interval timeout rise fall connect response \
         client_header client_body keepalive tunnel shutdown_grace max_connections max_header_bytes \
         session_rate session_burst new_session_rate worker_threads token_file format access";
@@ -984,6 +984,109 @@ fn a_redis_store_needs_a_shared_secret() {
     ok("[store]\nkind = \"redis\"\n[session]\nsecret = \"0123456789abcdef\"");
     // The memory store has no one to share with.
     ok("[store]\nkind = \"memory\"");
+}
+
+/// `[store] sentinels` + `master_name`: both or neither, Redis only, not
+/// with an explicit `url`, every entry `host:port`.
+#[test]
+fn sentinel_checks() {
+    const SECRET: &str = "[session]\nsecret = \"0123456789abcdef\"";
+    let c = ok(&format!("[store]\nkind = \"redis\"\nsentinels = [\"10.0.0.1:26379\", \"sentinel-1.redis:26380\", \"[::1]:26381\"]\nmaster_name = \"mymaster\"\n{SECRET}"));
+    let s = c.store.sentinel.as_ref().expect("sentinel settings");
+    assert_eq!(s.master_name, "mymaster");
+    let addrs: Vec<(String, u16)> = s.addrs.iter().map(|a| (a.host.clone(), a.port)).collect();
+    assert_eq!(
+        addrs,
+        [
+            ("10.0.0.1".to_string(), 26379),
+            ("sentinel-1.redis".to_string(), 26380),
+            ("::1".to_string(), 26381)
+        ]
+    );
+    let shown: Vec<String> = s.addrs.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        ["10.0.0.1:26379", "sentinel-1.redis:26380", "[::1]:26381"]
+    );
+    // `check` prints them back, and no url (none is used).
+    let out = c.effective_toml();
+    assert!(
+        out.contains(
+            "sentinels = [\"10.0.0.1:26379\", \"sentinel-1.redis:26380\", \"[::1]:26381\"]\n"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("master_name = \"mymaster\"\n"), "{out}");
+    assert!(!out.contains("url ="), "{out}");
+    // Without sentinels, the url as before.
+    let c = ok(&format!("[store]\nkind = \"redis\"\n{SECRET}"));
+    assert_eq!(c.store.sentinel, None);
+    assert!(c
+        .effective_toml()
+        .contains("url = \"redis://127.0.0.1:6379/0\"\n"));
+
+    let cases: &[(&str, &str)] = &[
+        (
+            "[store]\nkind = \"redis\"\nsentinels = [\"10.0.0.1:26379\"]",
+            "tether.toml:3:13: [store] sentinels needs master_name, the name the sentinels monitor the primary under (`sentinel monitor <name> ...` in their config), like master_name = \"mymaster\"",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nmaster_name = \"mymaster\"",
+            "tether.toml:3:15: [store] master_name needs sentinels, the sentinels to ask for that primary, like sentinels = [\"10.0.0.1:26379\", \"10.0.0.2:26379\", \"10.0.0.3:26379\"]",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nurl = \"redis://10.0.0.9:6379/0\"\nsentinels = [\"10.0.0.1:26379\"]\nmaster_name = \"mymaster\"",
+            "tether.toml:3:7: [store] url and sentinels are exclusive: with sentinels, tether asks them for the primary's address; remove url",
+        ),
+        (
+            "[store]\nsentinels = [\"10.0.0.1:26379\"]\nmaster_name = \"mymaster\"",
+            "tether.toml:2:13: [store] sentinels is for the Redis store: set kind = \"redis\" (or remove sentinels and master_name)",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nsentinels = []\nmaster_name = \"mymaster\"",
+            "tether.toml:3:13: [store] sentinels is empty: expected at least one host:port, like [\"10.0.0.1:26379\"]",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nsentinels = [\"10.0.0.1:26379\", \"10.0.0.2\"]\nmaster_name = \"mymaster\"",
+            "tether.toml:3:32: invalid sentinel address \"10.0.0.2\": expected host:port, like \"10.0.0.1:26379\" or \"[::1]:26379\"",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nsentinels = [\"redis://10.0.0.1:26379\"]\nmaster_name = \"m\"",
+            "tether.toml:3:14: invalid sentinel address \"redis://10.0.0.1:26379\": expected host:port, like \"10.0.0.1:26379\" or \"[::1]:26379\"",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nsentinels = [\"10.0.0.1:0\"]\nmaster_name = \"m\"",
+            "tether.toml:3:14: invalid sentinel address \"10.0.0.1:0\": expected host:port, like \"10.0.0.1:26379\" or \"[::1]:26379\"",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nsentinels = [\"::1:26379\"]\nmaster_name = \"m\"",
+            "tether.toml:3:14: invalid sentinel address \"::1:26379\": expected host:port, like \"10.0.0.1:26379\" or \"[::1]:26379\"",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nsentinels = [\":26379\"]\nmaster_name = \"m\"",
+            "tether.toml:3:14: invalid sentinel address \":26379\": expected host:port, like \"10.0.0.1:26379\" or \"[::1]:26379\"",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nsentinels = [\"10.0.0.1:26379\"]\nmaster_name = \"my master\"",
+            "tether.toml:4:15: invalid master_name \"my master\": expected the name the sentinels monitor the primary under, printable characters without spaces, like \"mymaster\"",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nsentinels = [\"10.0.0.1:26379\"]\nmaster_name = \"\"",
+            "tether.toml:4:15: invalid master_name \"\": expected the name the sentinels monitor the primary under, printable characters without spaces, like \"mymaster\"",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nsentinels = \"10.0.0.1:26379\"\nmaster_name = \"m\"",
+            "tether.toml:3:13: invalid type: string \"10.0.0.1:26379\", expected a sequence",
+        ),
+    ];
+    for (snippet, refused) in cases {
+        assert_eq!(&err(&format!("{snippet}\n{SECRET}")), refused, "{snippet}");
+    }
+    // Still a Redis store: the secret must be shared.
+    assert_eq!(
+        err("[store]\nkind = \"redis\"\nsentinels = [\"10.0.0.1:26379\"]\nmaster_name = \"m\""),
+        "tether.toml:2:8: [store] kind = \"redis\" needs a shared session secret: without one every instance makes up its own and none can read the others' cookies; set [session] secret_file (or secret, or the TETHER_SECRET environment variable) to the same secret on every instance"
+    );
 }
 
 #[test]

@@ -16,8 +16,29 @@ use super::model::{
     Admin, Backend, BackendTls, Config, Health, Limits, Listener, Log, Runtime, SecretOrigin,
     Store, Timeouts, Tls, MAX_BACKENDS, MAX_TOTAL_WEIGHT, SECRET_ENV,
 };
+use super::model::{HostPort, Sentinel};
 use super::{Cx, Result};
 use crate::tls::{self, PemFile, PemPair};
+
+/// `host:port` (`[v6]:port`), port not 0, host neither empty nor holding
+/// what belongs to a URL. The name is not resolved here: it is dialled.
+fn host_port(text: &str) -> Option<HostPort> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']').filter(|h| h.contains(':'))?,
+        None if host.contains(':') => return None,
+        None => host,
+    };
+    let bad = |c: char| c.is_whitespace() || c.is_control() || "/@[]?#".contains(c);
+    if host.is_empty() || host.chars().any(bad) {
+        return None;
+    }
+    Some(HostPort {
+        host: host.to_string(),
+        port,
+    })
+}
 
 /// The host part of a `host:port` address (`[v6]:port` without brackets).
 fn backend_host(address: &str) -> &str {
@@ -196,19 +217,13 @@ impl Cx<'_> {
 
     fn store(&self, raw: file::Store, secret: &SecretOrigin) -> Result<Store> {
         let kind = *raw.kind.get_ref();
+        let sentinel = self.sentinel(&raw)?;
+        let url = raw
+            .url
+            .unwrap_or_else(|| file::unspanned(file::DEFAULT_REDIS_URL.to_string()));
         if kind == StoreKind::Redis {
-            let url = raw.url.get_ref();
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(self.on(
-                    &raw.url,
-                    format!("invalid redis url {url:?}: expected redis:// or rediss://, like \"redis://127.0.0.1:6379/0\""),
-                ));
-            }
-            if let Err(e) = redis::Client::open(url.as_str()) {
-                // redis-rs renders "<what>- <ErrorKind>"; the kind adds nothing here.
-                let shown = e.to_string();
-                let why = shown.split("- ").next().unwrap_or(&shown);
-                return Err(self.on(&raw.url, format!("invalid redis url {url:?}: {why}")));
+            if sentinel.is_none() {
+                self.redis_url(&url)?;
             }
             // A secret made up at start would be this instance's alone: the
             // others could not verify its cookies, and sessions would move.
@@ -232,8 +247,88 @@ impl Cx<'_> {
             connect_timeout: self.positive(&raw.connect_timeout, "connect_timeout")?,
             command_timeout: self.positive(&raw.command_timeout, "command_timeout")?,
             key_prefix: raw.key_prefix.into_inner(),
-            url: raw.url.into_inner(),
+            url: url.into_inner(),
+            sentinel,
         })
+    }
+
+    fn redis_url(&self, url: &Spanned<String>) -> Result<()> {
+        let text = url.get_ref();
+        if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
+            return Err(self.on(
+                url,
+                format!("invalid redis url {text:?}: expected redis:// or rediss://, like \"redis://127.0.0.1:6379/0\""),
+            ));
+        }
+        if let Err(e) = redis::Client::open(text.as_str()) {
+            // redis-rs renders "<what>- <ErrorKind>"; the kind adds nothing here.
+            let shown = e.to_string();
+            let why = shown.split("- ").next().unwrap_or(&shown);
+            return Err(self.on(url, format!("invalid redis url {text:?}: {why}")));
+        }
+        Ok(())
+    }
+
+    /// `sentinels` and `master_name`: both or neither, only for Redis, and
+    /// never with an explicit `url` (which of the two would name the primary
+    /// is not for tether to guess).
+    fn sentinel(&self, raw: &file::Store) -> Result<Option<Sentinel>> {
+        let (sentinels, master_name) = match (&raw.sentinels, &raw.master_name) {
+            (None, None) => return Ok(None),
+            (Some(list), None) => {
+                return Err(self.on(
+                    list,
+                    "[store] sentinels needs master_name, the name the sentinels monitor the primary under (`sentinel monitor <name> ...` in their config), like master_name = \"mymaster\"",
+                ))
+            }
+            (None, Some(name)) => {
+                return Err(self.on(
+                    name,
+                    "[store] master_name needs sentinels, the sentinels to ask for that primary, like sentinels = [\"10.0.0.1:26379\", \"10.0.0.2:26379\", \"10.0.0.3:26379\"]",
+                ))
+            }
+            (Some(list), Some(name)) => (list, name),
+        };
+        if *raw.kind.get_ref() != StoreKind::Redis {
+            return Err(self.on(
+                sentinels,
+                "[store] sentinels is for the Redis store: set kind = \"redis\" (or remove sentinels and master_name)",
+            ));
+        }
+        if let Some(url) = &raw.url {
+            return Err(self.on(
+                url,
+                "[store] url and sentinels are exclusive: with sentinels, tether asks them for the primary's address; remove url",
+            ));
+        }
+        if sentinels.get_ref().is_empty() {
+            return Err(self.on(
+                sentinels,
+                "[store] sentinels is empty: expected at least one host:port, like [\"10.0.0.1:26379\"]",
+            ));
+        }
+        let mut addrs = Vec::with_capacity(sentinels.get_ref().len());
+        for entry in sentinels.get_ref() {
+            let text = entry.get_ref();
+            let Some(addr) = host_port(text) else {
+                return Err(self.on(
+                    entry,
+                    format!("invalid sentinel address {text:?}: expected host:port, like \"10.0.0.1:26379\" or \"[::1]:26379\""),
+                ));
+            };
+            addrs.push(addr);
+        }
+        let name = master_name.get_ref();
+        if name.is_empty() || name.len() > 256 || name.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(self.on(
+                master_name,
+                format!("invalid master_name {name:?}: expected the name the sentinels monitor the primary under, printable characters without spaces, like \"mymaster\""),
+            ));
+        }
+        Ok(Some(Sentinel {
+            addrs,
+            master_name: name.clone(),
+        }))
     }
 
     fn backends(&self, raw: &[file::Backend]) -> Result<Vec<Backend>> {

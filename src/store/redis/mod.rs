@@ -40,9 +40,16 @@
 //! the record, which a Redis Cluster would refuse: tether supports a single
 //! Redis or Valkey primary (a managed primary endpoint works).
 //!
+//! With Redis Sentinel the primary is whichever node the sentinels name:
+//! any failure (a lost connection, a timeout, a `READONLY` reply, a node
+//! whose `ROLE` is no longer primary) or a `+switch-master` announcement
+//! makes the store ask them again, and the invalidation subscriber follows
+//! the primary it finds. Meanwhile the store is down, as above.
+//!
 //! This file holds the store's API and its up/down state, and judges what a
 //! read returned. The rest, one job each: `conn.rs` (connection, health pings,
-//! the invalidation subscriber), `writer.rs` (the write-behind queue and its
+//! the invalidation subscriber), `sentinel.rs` (finding the primary through
+//! Sentinel), `writer.rs` (the write-behind queue and its
 //! pipelines), `counts.rs` (per-backend counts and upkeep), `codec.rs` (keys,
 //! values and messages on the wire), `script.rs` with `script.lua` (the Lua
 //! every operation runs).
@@ -61,19 +68,26 @@ use super::cache::{Cache, Entry, Hit, Times};
 use super::{BackendId, EndReason, Found, Insert, Record, SessionKey, MAX_BACKEND_IDS};
 use crate::metrics::Metrics;
 use codec::Keys;
+use sentinel::{Primary, Sentinels};
 use writer::{Write, WRITE_QUEUE};
+
+pub use sentinel::SentinelSettings;
 
 mod codec;
 mod conn;
 mod counts;
 mod script;
+mod sentinel;
 mod writer;
 
 /// How to reach Redis and what to keep locally.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     /// `redis://` or `rediss://` URL (TLS through rustls with aws-lc-rs).
+    /// Not used with `sentinel`.
     pub url: String,
+    /// Find the primary through Redis Sentinel instead of `url`.
+    pub sentinel: Option<SentinelSettings>,
     /// Prefix of every key and of the pub/sub channel.
     pub key_prefix: String,
     /// Longest wait for a connection.
@@ -110,11 +124,27 @@ const STARTING: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
 
+/// Where the primary is.
+enum Target {
+    /// A fixed URL: the connection manager reconnects to it by itself.
+    Url,
+    /// Whichever node the sentinels name, asked again after any failure.
+    Sentinel(Sentinels),
+}
+
 struct Inner {
-    client: Client,
+    target: Target,
+    /// The primary in use, which the subscriber follows: the URL's from the
+    /// start, or (with Sentinel) the last one found.
+    primary: ArcSwapOption<Primary>,
     /// Set by the health task once a first connection succeeded; the
-    /// manager reconnects by itself after that.
+    /// manager reconnects by itself after that (with Sentinel it is
+    /// replaced instead, see `relocate`).
     conn: ArcSwapOption<ConnectionManager>,
+    /// Connect anew (with Sentinel: ask the sentinels) on the next check.
+    relocate: AtomicBool,
+    /// Wakes the health task for a check now.
+    kick: Arc<Notify>,
     state: AtomicU8,
     /// The invalidation channel is connected: the local view may be used.
     subscribed: AtomicBool,
@@ -131,9 +161,10 @@ struct Inner {
     connect_timeout: Duration,
     command_timeout: Duration,
     metrics: Arc<Metrics>,
-    /// Tells the subscriber to reconnect (the health task saw Redis go down;
-    /// a half-open pub/sub socket would otherwise wait forever).
-    resubscribe: Arc<Notify>,
+    /// Bumped when the subscriber must subscribe anew: Redis went down (a
+    /// half-open pub/sub socket would otherwise wait forever), or another
+    /// primary was found.
+    resubscribe: watch::Sender<u64>,
     /// Dropped with `Inner`: every background task watches it and returns.
     _stop: watch::Sender<()>,
 }
@@ -158,7 +189,8 @@ impl RedisStore {
     /// `now_ms` is the caller's clock, read only by the upkeep task.
     ///
     /// # Errors
-    /// The URL cannot be parsed (config checks this first).
+    /// The URL cannot be parsed (config checks this first); not with
+    /// Sentinel, whose nodes are only dialled.
     pub async fn start<C>(
         settings: RedisSettings,
         metrics: Arc<Metrics>,
@@ -167,14 +199,26 @@ impl RedisStore {
     where
         C: Fn() -> u64 + Send + Sync + 'static,
     {
-        let client = Client::open(settings.url.as_str())?;
+        let (target, primary) = match &settings.sentinel {
+            Some(s) => (Target::Sentinel(Sentinels::new(s.clone())), None),
+            None => {
+                let client = Client::open(settings.url.as_str())?;
+                // The address alone: the URL may hold a password.
+                let addr = client.get_connection_info().addr.to_string();
+                (Target::Url, Some(Arc::new(Primary { addr, client })))
+            }
+        };
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);
         let (stop, stop_rx) = watch::channel(());
-        let resubscribe = Arc::new(Notify::new());
+        let (resubscribe, resubscribe_rx) = watch::channel(0u64);
+        let kick = Arc::new(Notify::new());
         metrics.set_store_up(false);
         let inner = Arc::new(Inner {
-            client: client.clone(),
+            target,
+            primary: ArcSwapOption::new(primary),
             conn: ArcSwapOption::empty(),
+            relocate: AtomicBool::new(false),
+            kick: kick.clone(),
             state: AtomicU8::new(STARTING),
             subscribed: AtomicBool::new(false),
             cache: Cache::new(settings.max_cached),
@@ -189,7 +233,7 @@ impl RedisStore {
             connect_timeout: settings.connect_timeout,
             command_timeout: settings.command_timeout,
             metrics,
-            resubscribe: resubscribe.clone(),
+            resubscribe,
             _stop: stop,
         });
         // Ping often enough that recovery is noticed within a second, and
@@ -200,14 +244,26 @@ impl RedisStore {
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let weak = Arc::downgrade(&inner);
         tokio::spawn(writer::writer(weak.clone(), rx));
-        tokio::spawn(conn::health(weak.clone(), stop_rx.clone(), ping_every));
-        tokio::spawn(conn::subscriber(
+        tokio::spawn(conn::health(
             weak.clone(),
-            client,
             stop_rx.clone(),
-            resubscribe,
+            kick,
             ping_every,
         ));
+        tokio::spawn(conn::subscriber(
+            weak.clone(),
+            stop_rx.clone(),
+            resubscribe_rx,
+            ping_every,
+        ));
+        if let Target::Sentinel(s) = &inner.target {
+            tokio::spawn(sentinel::watcher(
+                weak.clone(),
+                s.settings().clone(),
+                stop_rx.clone(),
+                ping_every,
+            ));
+        }
         tokio::spawn(counts::upkeep(weak, stop_rx, upkeep_every, now_ms));
 
         let ready = async {
@@ -455,7 +511,11 @@ impl Inner {
             return;
         }
         self.metrics.set_store_up(false);
-        self.resubscribe.notify_one();
+        self.resubscribe.send_modify(|n| *n = n.wrapping_add(1));
+        if let Target::Sentinel(_) = self.target {
+            // Whatever went wrong, the primary may have moved.
+            self.relocate();
+        }
         tracing::warn!(
             error = why,
             "redis store unreachable: routing sessions by their cookies until it answers"
