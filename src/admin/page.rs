@@ -221,11 +221,24 @@ fn session_series(view: &StatusView) -> Vec<Series> {
         MAX_SERIES - 1
     };
     let (shown, rest) = names.split_at(keep);
+    // Backends keep their order from sample to sample, so a name is found
+    // at its index in the last one unless a reload moved it.
+    let index: std::collections::HashMap<&str, usize> = last
+        .sessions
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (&**n, i))
+        .collect();
     let value = |s: &Sample, name: &str| {
-        s.sessions
-            .iter()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, v)| *v as f64)
+        let at = index.get(name).and_then(|&i| s.sessions.get(i));
+        match at {
+            Some((n, v)) if &**n == name => Some(*v as f64),
+            _ => s
+                .sessions
+                .iter()
+                .find(|(n, _)| &**n == name)
+                .map(|(_, v)| *v as f64),
+        }
     };
     let mut out: Vec<Series> = shown
         .iter()
