@@ -11,7 +11,7 @@ fn view(backends: usize) -> StatusView {
     let names: Vec<Arc<str>> = (0..backends)
         .map(|i| Arc::from(format!("b{i:03}")))
         .collect();
-    let n = (WINDOW_SECS / SAMPLE_SECS) as u64;
+    let n = WINDOW_SECS / SAMPLE_SECS;
     let samples = (0..n)
         .map(|i| Sample {
             at_ms: i * SAMPLE_SECS * 1000,
