@@ -182,6 +182,9 @@ async fn accepted(
     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
             metrics.tls_handshake(true);
+            if s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                metrics.tls_resumed();
+            }
             let http = match s.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Http::H2,
                 _ => Http::H1,

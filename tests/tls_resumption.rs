@@ -35,8 +35,14 @@ async fn two_handshakes(addr: std::net::SocketAddr) -> Vec<Option<rustls::Handsh
 async fn a_returning_client_resumes_by_default_and_never_when_resumption_is_off() {
     use rustls::HandshakeKind::{Full, Resumed};
     let a = Backend::start("app1").await;
-    let on = Tether::start(&config_tls("", &[&a])).await;
+    let on = Tether::start(&(config_tls("", &[&a]) + "\n[admin]\nbind = \"127.0.0.1:0\"\n")).await;
     assert_eq!(two_handshakes(on.addr()).await, [Some(Full), Some(Resumed)]);
+    let (_, metrics) = admin(on.running().admin_addr().unwrap(), "GET", "/metrics", None).await;
+    assert!(
+        metrics.contains("\ntether_tls_handshakes_total 2\n")
+            && metrics.contains("\ntether_tls_handshakes_resumed_total 1\n"),
+        "the second handshake is counted as resumed:\n{metrics}"
+    );
 
     let off = config_tls("", &[&a]).replace(
         "key = \"certs/localhost.key\"\n",

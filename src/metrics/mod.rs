@@ -52,6 +52,8 @@ pub const OPEN_CONNECTIONS: &str = "tether_open_connections";
 pub const TLS_HANDSHAKES_TOTAL: &str = "tether_tls_handshakes_total";
 /// Counter: TLS handshakes that failed or timed out.
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "tether_tls_handshake_failures_total";
+/// Counter: TLS handshakes that resumed an earlier session.
+pub const TLS_RESUMED_TOTAL: &str = "tether_tls_handshakes_resumed_total";
 /// Counter: new sessions the store refused because it held `max_sessions`.
 pub const STORE_FULL_TOTAL: &str = "tether_store_full_total";
 /// Counter: cookies of bound sessions presented by another client.
@@ -242,6 +244,7 @@ pub struct Metrics {
     pins_lost: [AtomicU64; PinLost::ALL.len()],
     open_connections: AtomicI64,
     tls_handshakes: AtomicU64,
+    tls_resumed: AtomicU64,
     tls_failures: AtomicU64,
     store_full: AtomicU64,
     binding_mismatches: AtomicU64,
@@ -275,6 +278,7 @@ impl Metrics {
             pins_lost: Default::default(),
             open_connections: AtomicI64::new(0),
             tls_handshakes: AtomicU64::new(0),
+            tls_resumed: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
             store_full: AtomicU64::new(0),
             binding_mismatches: AtomicU64::new(0),
@@ -377,6 +381,11 @@ impl Metrics {
         if !ok {
             self.tls_failures.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A TLS handshake that succeeded resumed an earlier session.
+    pub fn tls_resumed(&self) {
+        self.tls_resumed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A bound session's cookie came back from another client.

@@ -181,6 +181,13 @@ impl Metrics {
             "TLS handshakes that failed or timed out.",
             &load(&self.tls_failures).to_string(),
         );
+        scalar(
+            o,
+            TLS_RESUMED_TOTAL,
+            "counter",
+            "TLS handshakes that resumed an earlier session (no key exchange or signature).",
+            &load(&self.tls_resumed).to_string(),
+        );
     }
 }
 

@@ -607,4 +607,7 @@ tether_tls_handshakes_total 1
 # HELP tether_tls_handshake_failures_total TLS handshakes that failed or timed out.
 # TYPE tether_tls_handshake_failures_total counter
 tether_tls_handshake_failures_total 1
+# HELP tether_tls_handshakes_resumed_total TLS handshakes that resumed an earlier session (no key exchange or signature).
+# TYPE tether_tls_handshakes_resumed_total counter
+tether_tls_handshakes_resumed_total 0
 "#;
