@@ -218,19 +218,29 @@ def write_pem(work):
     return pem
 
 
-def tether_config(work, label, mode, ports):
+def tether_config(work, label, mode, ports, resumption=True):
     """A filled tether.toml.in: (path, plain port, TLS port)."""
     plain, tls = free_port(), free_port()
     cfg = fill("tether.toml.in", os.path.join(work, f"tether-{label}.toml"), {
-        "PLAIN": plain, "TLS": tls, "ROOT": ROOT, "MODE": mode,
+        "PLAIN": plain, "TLS": tls, "ROOT": ROOT, "MODE": mode, "ADMIN": free_port(),
+        "RESUMPTION": "true" if resumption else "false",
         "B1": ports[0], "B2": ports[1], "B3": ports[2],
     })
     return cfg, plain, tls
 
 
-def start_tether(args, work, label, mode, ports):
+def tether_resumed(cfg):
+    """(TLS handshakes, resumed ones) so far, from the admin /metrics of the tether on `cfg`."""
+    admin = re.search(r'\[admin\]\nbind = "([^"]+)"', open(cfg).read()).group(1)
+    r = subprocess.run(["curl", "-s", "--max-time", "2", f"http://{admin}/metrics"],
+                       capture_output=True, text=True)
+    get = lambda name: int(re.search(rf"^{name} (\d+)$", r.stdout, re.M).group(1))
+    return get("tether_tls_handshakes_total"), get("tether_tls_handshakes_resumed_total")
+
+
+def start_tether(args, work, label, mode, ports, resumption=True):
     """tether pinned to the proxy core, answering: (Popen, config, plain port, TLS port)."""
-    cfg, plain, tls = tether_config(work, label, mode, ports)
+    cfg, plain, tls = tether_config(work, label, mode, ports, resumption)
     p = start(["taskset", "-c", PROXY_CORE, args.tether, "run", "-c", cfg],
               os.path.join(work, f"tether-{label}.log"), args.life)
     wait_port(plain, p, "tether")
@@ -297,7 +307,8 @@ SCENARIOS = [
     ("plain-rotate", "plain, rotate / round-robin"),
     ("tls-new", "TLS keep-alive, sticky, no cookie"),
     ("tls-cookie", "TLS keep-alive, sticky, returning cookie"),
-    ("tls-handshake", "TLS without keep-alive (a handshake per request), sticky cookie"),
+    ("tls-handshake", "TLS without keep-alive, resumption on (a resumed handshake per request), sticky cookie"),
+    ("tls-full", "TLS without keep-alive, resumption off everywhere (a full handshake per request), sticky cookie"),
 ]
 PROXIES = ["tether", "haproxy-cookie", "haproxy-hash", "nginx-hash"]
 DIRECT = "backend direct"
@@ -319,8 +330,14 @@ def setup_tether(args, work, ports):
         return []
     tls_url = lambda p: f"https://localhost:{p}/"
     cells = []
+    if want(args, "tether", "tls-full"):
+        p, cfg, plain, tls = start_tether(args, work, "full", "sticky", ports, resumption=False)
+        tsid = "tether_sid=" + set_cookie_of(tls_url(tls), "tether_sid")
+        cells.append(("tether", "tls-full", tls_url(tls), tsid, False, p.pid))
     for mode in ("sticky", "rotate"):
-        p, _, plain, tls = start_tether(args, work, mode, mode, ports)
+        p, cfg, plain, tls = start_tether(args, work, mode, mode, ports)
+        if mode == "sticky":
+            args.tether_sticky_cfg = cfg
         if mode == "rotate":
             cells.append(("tether", "plain-rotate", f"http://127.0.0.1:{plain}/", None, True, p.pid))
         else:
@@ -363,13 +380,29 @@ def setup_haproxy(args, work, ports):
         ("haproxy-cookie", "tls-handshake", tls("COOKIE_TLS"), srv, False, p.pid),
         ("haproxy-hash", "plain-cookie", plain("HASH_PLAIN"), sid, True, p.pid),
         ("haproxy-hash", "tls-cookie", tls("HASH_TLS"), sid, True, p.pid),
-    ]
+    ] + setup_haproxy_full(args, work, ports, pem)
+
+
+def setup_haproxy_full(args, work, ports, pem):
+    """A second HAProxy without a session cache or tickets (the cache is global)."""
+    if not want(args, "haproxy-cookie", "tls-full"):
+        return []
+    v = {"COOKIE_TLS_FULL": free_port(), "PEM": pem, "B1": ports[0], "B2": ports[1], "B3": ports[2]}
+    cfg = fill("haproxy-full.cfg.in", os.path.join(work, "haproxy-full.cfg"), v)
+    subprocess.run(["haproxy", "-c", "-q", "-f", cfg], check=True)
+    p = start(["taskset", "-c", PROXY_CORE, "haproxy", "-f", cfg, "-db"],
+              os.path.join(work, "haproxy-full.log"), args.life)
+    wait_port(v["COOKIE_TLS_FULL"], p, "haproxy (full handshakes)")
+    url = f"https://localhost:{v['COOKIE_TLS_FULL']}/"
+    wait_http(url, "haproxy (full handshakes)")
+    srv = "SRV=" + set_cookie_of(url, "SRV")
+    return [("haproxy-cookie", "tls-full", url, srv, False, p.pid)]
 
 
 def setup_nginx(args, work, ports):
     if not wanted(args, ["nginx-hash"]):
         return []
-    v = {k: free_port() for k in ("HASH_PLAIN", "HASH_TLS", "RR_PLAIN")}
+    v = {k: free_port() for k in ("HASH_PLAIN", "HASH_TLS", "HASH_TLS_FULL", "RR_PLAIN")}
     v.update({"WORK": work, "ROOT": ROOT, "B1": ports[0], "B2": ports[1], "B3": ports[2]})
     cfg = fill("nginx.conf.in", os.path.join(work, "nginx.conf"), v)
     subprocess.run(["nginx", "-t", "-q", "-c", cfg, "-g", "daemon off;"], check=True,
@@ -388,6 +421,7 @@ def setup_nginx(args, work, ports):
         ("nginx-hash", "tls-new", tls("HASH_TLS"), None, True, p.pid),
         ("nginx-hash", "tls-cookie", tls("HASH_TLS"), sid, True, p.pid),
         ("nginx-hash", "tls-handshake", tls("HASH_TLS"), sid, False, p.pid),
+        ("nginx-hash", "tls-full", tls("HASH_TLS_FULL"), sid, False, p.pid),
     ]
 
 
@@ -399,8 +433,15 @@ def run_round(args, work, cells, rep, results):
             continue
         k = rep % len(group)
         for proxy, _, url, cookie, ka, pid in group[k:] + group[:k]:
-            record(results, proxy, key, rep,
-                   oha(args, work, f"{proxy}-{key}-{rep}", url, [pid], cookie, ka))
+            check = proxy == "tether" and key == "tls-handshake" and getattr(args, "tether_sticky_cfg", None)
+            before = tether_resumed(args.tether_sticky_cfg) if check else None
+            res = oha(args, work, f"{proxy}-{key}-{rep}", url, [pid], cookie, ka)
+            if before:
+                after = tether_resumed(args.tether_sticky_cfg)
+                done, resumed = after[0] - before[0], after[1] - before[1]
+                res["resumed_share"] = resumed / done if done else None
+                log(f"  oha resumed {resumed} of {done} handshakes against tether")
+            record(results, proxy, key, rep, res)
 
 
 def run_million(args, work, ports, results):
@@ -491,6 +532,12 @@ def table(results, meta):
                 f"| {label} | {proxy} | {rps:.0f} | {fmt(med(rs, 'p50_ms'), '.2f')} | "
                 f"{fmt(med(rs, 'p99_ms'), '.2f')} | {sum(r['errors'] for r in rs)} | "
                 f"{fmt(cpu, '.1f')} | {ratio_rps} | {ratio_cpu} |")
+    th = runs.get("tether|tls-handshake")
+    shares = [r["resumed_share"] for r in th or [] if r.get("resumed_share") is not None]
+    if shares:
+        lines += ["", f"In the resumed row, oha resumed {100 * statistics.median(shares):.1f}% of its "
+                  "handshakes against tether (median of rounds, from tether_tls_handshakes_resumed_total); "
+                  "the same client resumes against HAProxy and nginx, whose caches and tickets are on."]
     m = results.get("million")
     if m:
         s, l = m["small"], m["large"]
