@@ -536,8 +536,9 @@ def table(results, meta):
     shares = [r["resumed_share"] for r in th or [] if r.get("resumed_share") is not None]
     if shares:
         lines += ["", f"In the resumed row, oha resumed {100 * statistics.median(shares):.1f}% of its "
-                  "handshakes against tether (median of rounds, from tether_tls_handshakes_resumed_total); "
-                  "the same client resumes against HAProxy and nginx, whose caches and tickets are on."]
+                  "handshakes against tether (median of rounds, from tether_tls_handshakes_resumed_total). "
+                  "HAProxy and nginx do not count resumptions where this runner can read them: compare "
+                  "their CPU per request with their full-handshake row to see how much they resumed."]
     m = results.get("million")
     if m:
         s, l = m["small"], m["large"]
