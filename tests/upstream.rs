@@ -60,6 +60,17 @@ const PLAIN: Serve = Serve {
     close: false,
 };
 
+/// TLS with the dev certificate, offering `alpn`, keeping connections.
+fn tls_serve(alpn: &'static [u8]) -> Serve {
+    Serve {
+        tls: Some(vec![alpn]),
+        close: false,
+    }
+}
+
+/// A backend's keys for TLS verified against the dev certificate.
+const VERIFIED: &str = "tls = true\nsni = \"localhost\"\nca_file = \"certs/localhost.crt\"";
+
 /// A backend that names itself and reports what it saw: the HTTP version,
 /// the URI and `Host` as it arrived, the request body's length and its
 /// trailers. `/trailers` answers with a trailer of its own.
@@ -271,16 +282,8 @@ fn json(b: &Bytes) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_tls_backend_is_verified_against_its_ca_file_and_served() {
-    let up = Upstream::start(
-        "app1",
-        Serve {
-            tls: Some(vec![b"http/1.1"]),
-            close: false,
-        },
-    )
-    .await;
-    let tls = "tls = true\nsni = \"localhost\"\nca_file = \"certs/localhost.crt\"";
-    let t = Tether::start(&cfg(&[&up], tls, "")).await;
+    let up = Upstream::start("app1", tls_serve(b"http/1.1")).await;
+    let t = Tether::start(&cfg(&[&up], VERIFIED, "")).await;
     let r = plain_get(t.addr(), "/x", &[]).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.backend(), "app1");
@@ -303,8 +306,7 @@ async fn tls_sessions_to_a_backend_are_resumed() {
         },
     )
     .await;
-    let tls = "tls = true\nsni = \"localhost\"\nca_file = \"certs/localhost.crt\"";
-    let t = Tether::start(&cfg(&[&up], tls, "")).await;
+    let t = Tether::start(&cfg(&[&up], VERIFIED, "")).await;
     for _ in 0..4 {
         let r = plain_get(t.addr(), "/x", &[]).await;
         assert_eq!(r.status, 200, "{r:?}");
@@ -320,14 +322,7 @@ async fn tls_sessions_to_a_backend_are_resumed() {
 // Multi-threaded: the test blocks on tether's log while the backend serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_whose_certificate_does_not_verify_is_down_with_a_clear_log_line() {
-    let up = Upstream::start(
-        "app1",
-        Serve {
-            tls: Some(vec![b"http/1.1"]),
-            close: false,
-        },
-    )
-    .await;
+    let up = Upstream::start("app1", tls_serve(b"http/1.1")).await;
     // No ca_file: the system's roots do not know the dev certificate.
     let dir = std::env::temp_dir().join(format!("tether-upstream-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -360,18 +355,10 @@ async fn a_backend_whose_certificate_does_not_verify_is_down_with_a_clear_log_li
 #[tokio::test]
 async fn health_checks_use_the_backends_transport() {
     // Speaks only HTTP/2 over TLS: a plain or HTTP/1.1 probe would fail.
-    let up = Upstream::start(
-        "app1",
-        Serve {
-            tls: Some(vec![b"h2"]),
-            close: false,
-        },
-    )
-    .await;
-    let extra =
-        "protocol = \"h2\"\ntls = true\nsni = \"localhost\"\nca_file = \"certs/localhost.crt\"";
+    let up = Upstream::start("app1", tls_serve(b"h2")).await;
+    let extra = format!("protocol = \"h2\"\n{VERIFIED}");
     let more = "[health]\ninterval = \"50ms\"\ntimeout = \"500ms\"\nfall = 1";
-    let t = Tether::start(&cfg(&[&up], extra, more)).await;
+    let t = Tether::start(&cfg(&[&up], &extra, more)).await;
     eventually("three probes answered over TLS", || {
         up.count(|c| &c.probes) >= 3
     })
@@ -396,17 +383,9 @@ async fn an_http1_client_reaches_an_h2c_backend() {
 
 #[tokio::test]
 async fn an_h2_backend_over_tls_is_reached_by_alpn() {
-    let up = Upstream::start(
-        "app1",
-        Serve {
-            tls: Some(vec![b"h2"]),
-            close: false,
-        },
-    )
-    .await;
-    let extra =
-        "protocol = \"h2\"\ntls = true\nsni = \"localhost\"\nca_file = \"certs/localhost.crt\"";
-    let t = Tether::start(&cfg(&[&up], extra, "")).await;
+    let up = Upstream::start("app1", tls_serve(b"h2")).await;
+    let extra = format!("protocol = \"h2\"\n{VERIFIED}");
+    let t = Tether::start(&cfg(&[&up], &extra, "")).await;
     let r = plain_get(t.addr(), "/x", &[("host", "shop.example")]).await;
     assert_eq!(r.status, 200, "{r:?}");
     let seen = json(&r.body);
