@@ -41,8 +41,8 @@ if (($(nproc) < 2)); then
   exit 1
 fi
 
-log "building (release): tether, bench_backend, session_load"
-cargo build --release --quiet --bin tether --example bench_backend --example session_load
+log "building (release): tether, bench_backend, session_load, handshake_load"
+cargo build --release --quiet --bin tether --example bench_backend --example session_load --example handshake_load
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -52,6 +52,7 @@ exec python3 "$ROOT/benches/load/run.py" \
   --tether "$TARGET/release/tether" \
   --backend "$TARGET/release/examples/bench_backend" \
   --session-load "$TARGET/release/examples/session_load" \
+  --handshake-load "$TARGET/release/examples/handshake_load" \
   --oha "$(command -v oha)" \
   --command "benches/load.sh${ORIG:+ $ORIG}" \
   "${ARGS[@]}"
