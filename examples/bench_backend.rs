@@ -2,6 +2,9 @@
 //! short body naming itself and `x-backend: NAME`; `/healthz` answers 200 `ok`;
 //! `/logout` also says `Tether-Session-Control: end` (the app's logout), and
 //! `/state` answers with the request's `Tether-Session-State` as `x-session-state`.
+//! A request with `Upgrade: websocket` is answered 101 and then echoes every
+//! byte back (no WebSocket framing: the proxies splice bytes, they do not read
+//! frames), for benches that hold upgraded connections open.
 //!
 //! ```text
 //! cargo run --release --example bench_backend -- --name b1 --port 0 [--exit-after 120s] [--tls]
@@ -75,6 +78,33 @@ const X_BACKEND: HeaderName = HeaderName::from_static("x-backend");
 const CONTROL: HeaderName = HeaderName::from_static("tether-session-control");
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
 
+/// `101 Switching Protocols` for an upgrade request, echoing every byte once
+/// the upgrade completes; `None` for any other request.
+fn upgrade(req: &mut Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let wanted = req.headers().get(http::header::UPGRADE)?.clone();
+    let on = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(up) = on.await {
+            let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(http::header::UPGRADE, wanted);
+    headers.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    // Any value will do: the bench clients do not check it.
+    headers.insert(
+        HeaderName::from_static("sec-websocket-accept"),
+        HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+    );
+    Some(resp)
+}
+
 fn answer(canned: &Canned, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let body = if req.uri().path() == "/healthz" {
         Bytes::from_static(b"ok\n")
@@ -128,15 +158,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let canned = canned.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let resp = answer(&canned, &req);
+                let svc = service_fn(move |mut req: Request<Incoming>| {
+                    let resp = upgrade(&mut req).unwrap_or_else(|| answer(&canned, &req));
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let conn = http1::Builder::new();
                 let _ = match tls {
-                    None => conn.serve_connection(TokioIo::new(stream), svc).await,
+                    None => {
+                        conn.serve_connection(TokioIo::new(stream), svc)
+                            .with_upgrades()
+                            .await
+                    }
                     Some(a) => match a.accept(stream).await {
-                        Ok(s) => conn.serve_connection(TokioIo::new(s), svc).await,
+                        Ok(s) => {
+                            conn.serve_connection(TokioIo::new(s), svc)
+                                .with_upgrades()
+                                .await
+                        }
                         Err(_) => return,
                     },
                 };
