@@ -38,37 +38,6 @@ enum Command {
     Secret,
 }
 
-extern "C" {
-    /// mimalloc: frees what the calling thread's heap no longer uses and
-    /// carries out the purges (pages given back to the OS) that are due.
-    fn mi_collect(force: bool);
-}
-
-/// Gives freed memory back to the OS, at most four times a second per worker.
-/// mimalloc purges freed pages lazily, from inside later allocations: a
-/// proxy that goes quiet after a burst of connections (all idle now, their
-/// buffers freed) otherwise keeps the burst's pages resident for good.
-/// Called when a worker thread runs out of work, rate-limited so a busy
-/// one pays for four collections a second at most.
-fn collect_when_idle() {
-    use std::cell::Cell;
-    use std::time::{Duration, Instant};
-    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
-    let now = Instant::now();
-    LAST.with(|last| {
-        let due = match last.get() {
-            Some(t) => now.duration_since(t) >= Duration::from_millis(250),
-            None => true,
-        };
-        if due {
-            last.set(Some(now));
-            // SAFETY: mi_collect takes no pointers; mimalloc is linked (the
-            // global allocator above) and may be called from any thread.
-            unsafe { mi_collect(false) };
-        }
-    });
-}
-
 /// `worker_threads = 1` gets tokio's current-thread scheduler: with one
 /// worker there is nobody to steal work from, and the multi-thread
 /// scheduler's cross-thread wake-ups were 8.5% of a load profile.
@@ -80,7 +49,7 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if workers > 1 {
         b.worker_threads(workers);
     }
-    b.on_thread_park(collect_when_idle).enable_all().build()
+    b.enable_all().build()
 }
 
 fn main() -> ExitCode {

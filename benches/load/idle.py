@@ -200,7 +200,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=4000)
     ap.add_argument("--warm", type=int, default=100)
-    ap.add_argument("--settle", type=float, default=5.0)
+    ap.add_argument("--settle", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--only", default="", help="regex over PROXY:KIND (e.g. 'tether:plain')")
     ap.add_argument("--tether", required=True)

@@ -436,32 +436,3 @@ async fn alpn_picks_the_protocol_on_tls_not_the_first_bytes() {
     );
     assert_eq!(a.hits(), 1);
 }
-
-#[tokio::test]
-async fn a_keepalive_connection_idle_long_enough_to_be_parked_serves_on_and_still_ends_at_keepalive(
-) {
-    // A connection idle past a second gives hyper's state up and keeps only
-    // the socket; the next request, pipelined ones included, is served by a
-    // fresh hyper connection.
-    let a = Backend::start("app1").await;
-    let t = Tether::start(&plain(
-        &a,
-        "client_header = \"300ms\"\nkeepalive = \"4s\"",
-        "",
-    ))
-    .await;
-    let mut tcp = TcpStream::connect(t.addr()).await.unwrap();
-    tcp.write_all(GET).await.unwrap();
-    assert!(read_response(&mut tcp).await.starts_with("HTTP/1.1 200"));
-    tokio::time::sleep(Duration::from_millis(2300)).await;
-    // Two requests in one write, the second split from the first's end.
-    let two = [GET, GET].concat();
-    tcp.write_all(&two[..GET.len() + 3]).await.unwrap();
-    assert!(read_response(&mut tcp).await.starts_with("HTTP/1.1 200"));
-    tcp.write_all(&two[GET.len() + 3..]).await.unwrap();
-    assert!(read_response(&mut tcp).await.starts_with("HTTP/1.1 200"));
-    tokio::time::sleep(Duration::from_millis(2300)).await;
-    tcp.write_all(GET).await.unwrap();
-    assert!(read_response(&mut tcp).await.starts_with("HTTP/1.1 200"));
-    assert_eq!(a.hits(), 4);
-}
