@@ -93,7 +93,10 @@ fn upgrade(req: &mut Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
     let headers = resp.headers_mut();
     headers.insert(http::header::UPGRADE, wanted);
-    headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
     // Any value will do: the bench clients do not check it.
     headers.insert(
         HeaderName::from_static("sec-websocket-accept"),
@@ -167,7 +170,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .await
                     }
                     Some(a) => match a.accept(stream).await {
-                        Ok(s) => conn.serve_connection(TokioIo::new(s), svc).with_upgrades().await,
+                        Ok(s) => {
+                            conn.serve_connection(TokioIo::new(s), svc)
+                                .with_upgrades()
+                                .await
+                        }
                         Err(_) => return,
                     },
                 };

@@ -120,7 +120,8 @@ async fn open(
     let _ = tcp.set_nodelay(true);
     let mut io: Box<dyn Io> = match tls {
         Some(c) => {
-            let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+            let name =
+                rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
             Box::new(c.connect(name, tcp).await.map_err(|e| e.to_string())?)
         }
         None => Box::new(tcp),
