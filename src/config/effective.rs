@@ -69,7 +69,7 @@ impl Config {
             store: file::Store {
                 kind: u(self.store.kind),
                 url: match self.store.sentinel {
-                    None => Some(u(self.store.url.clone())),
+                    None => Some(u(redact_password(&self.store.url))),
                     Some(_) => None,
                 },
                 sentinels: self
@@ -143,5 +143,20 @@ impl Config {
                 access: self.log.access,
             },
         }
+    }
+}
+
+/// A Redis URL with the password of its userinfo (`scheme://user:PASSWORD@host`)
+/// replaced, so `tether check` never prints it.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
     }
 }

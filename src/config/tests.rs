@@ -1218,6 +1218,30 @@ fn admin_bind_clashing_with_a_listener() {
 // ---- effective config ----
 
 #[test]
+fn effective_toml_redacts_a_redis_password() {
+    for (url, shown) in [
+        (
+            "redis://:hunter2@10.0.0.5:6379/0",
+            "redis://:<redacted>@10.0.0.5:6379/0",
+        ),
+        (
+            "rediss://tether:hunter2@cache:6380",
+            "rediss://tether:<redacted>@cache:6380",
+        ),
+        ("redis://10.0.0.5:6379/0", "redis://10.0.0.5:6379/0"),
+        ("redis://user@host:1", "redis://user@host:1"),
+    ] {
+        let c = ok(&format!(
+            "[store]\nkind = \"redis\"\nurl = \"{url}\"\n[session]\nsecret = \"a shared secret of 32 bytes or more\""
+        ));
+        let out = c.effective_toml();
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(out.contains(&format!("url = \"{shown}\"")), "{url}: {out}");
+        assert_eq!(c.store.url, url, "the running config keeps the password");
+    }
+}
+
+#[test]
 fn effective_toml_redacts_secrets_and_fills_defaults() {
     let dir = TempDir::new("effective");
     let secret = dir.write("secret", b"super-secret-value-123\n");
