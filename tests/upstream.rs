@@ -499,3 +499,27 @@ async fn an_upgrade_to_an_h2_backend_arrives_as_a_plain_request() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(json(&r.body)["version"], "HTTP/2.0");
 }
+
+/// A reload that changes how a backend is reached (same name, same
+/// address) drops the old connections: the next request speaks the new
+/// protocol instead of reusing a pooled connection of the old one.
+#[tokio::test]
+async fn a_reload_that_changes_a_backends_protocol_stops_using_its_old_connections() {
+    let up = Upstream::start("app1", PLAIN).await;
+    let t = Tether::start(&cfg(&[&up], "", "")).await;
+    let r = plain_get(t.addr(), "/x", &[]).await;
+    assert_eq!(json(&r.body)["version"], "HTTP/1.1", "{r:?}");
+    let next = tether::config::from_str(
+        &cfg(&[&up], "protocol = \"h2\"", ""),
+        &repo().join("test.toml"),
+        None,
+    )
+    .unwrap();
+    t.running().apply(next).expect("reload applies");
+    let r = plain_get(t.addr(), "/x", &[]).await;
+    assert_eq!(
+        json(&r.body)["version"],
+        "HTTP/2.0",
+        "not the pooled HTTP/1.1 connection: {r:?}"
+    );
+}
