@@ -84,6 +84,13 @@ async fn a_drain_deadline_moves_the_sessions_left_when_it_passes() {
     assert_eq!(o["state"], "draining");
     assert_eq!(o["sessions"], on_target);
     assert_eq!(o["drain_deadline_secs_left"], 600.0);
+    // The SPEC's `drain_deadline`: when the deadline falls, in UTC.
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(clock.now_ms() + 600_000);
+    assert_eq!(
+        o["drain_deadline"],
+        humantime::format_rfc3339_seconds(at).to_string(),
+        "{o}"
+    );
     let gauge = format!("tether_backend_drain_seconds_left{{backend=\"{target}\"}} ");
     assert_eq!(metric(adm, &gauge).await, Some(format!("{gauge}600")));
     assert_eq!(
@@ -140,6 +147,7 @@ async fn a_drain_deadline_moves_the_sessions_left_when_it_passes() {
     let o = backend_json(adm, &target).await;
     assert_eq!(o["state"], "up");
     assert!(o.get("drain_deadline_secs_left").is_none(), "{o}");
+    assert!(o.get("drain_deadline").is_none(), "{o}");
 }
 
 #[tokio::test]

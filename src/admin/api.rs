@@ -48,6 +48,10 @@ pub fn object(b: &Backend, shared: &Shared) -> serde_json::Value {
         "requests": b.requests.load(std::sync::atomic::Ordering::Relaxed),
         "failures": b.failures.load(std::sync::atomic::Ordering::Relaxed),
     });
+    if let Some(d) = b.drain_deadline() {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(d);
+        o["drain_deadline"] = json!(humantime::format_rfc3339_seconds(at).to_string());
+    }
     if let Some(left) = drain_secs_left(b, shared.clock.now_ms()) {
         o["drain_deadline_secs_left"] = json!(left);
     }
