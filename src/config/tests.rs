@@ -167,7 +167,7 @@ fn the_example_file_loads() {
     const KEYS: &str = "bind tls proxy_protocol cert key mode source cookie app_cookie header \
         query_param idle_timeout absolute_timeout secret_file previous_secret_files same_site \
         secure http_only partitioned path domain strip_cookie balance_factor bind_to on_mismatch strict kind url sentinels master_name \
-        max_sessions name address weight interval timeout rise fall connect response \
+        max_sessions name address weight protocol sni ca_file session_resumption interval timeout rise fall connect response \
         client_header client_body keepalive tunnel shutdown_grace max_connections max_header_bytes \
         session_rate session_burst new_session_rate worker_threads token_file format access";
     for key in KEYS.split_whitespace() {
