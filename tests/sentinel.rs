@@ -138,15 +138,7 @@ impl Cluster {
     /// Starts it, or `None` (after printing why) without `redis-server`; with
     /// `TETHER_REQUIRE_REDIS=1` (CI) its absence panics.
     async fn start() -> Option<Cluster> {
-        let installed = std::process::Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !installed {
-            if std::env::var("TETHER_REQUIRE_REDIS").as_deref() == Ok("1") {
-                panic!("redis-server is not installed and TETHER_REQUIRE_REDIS=1");
-            }
-            println!("skipped: redis-server not installed");
+        if !redis_available() {
             return None;
         }
         let dir = std::env::temp_dir().join(format!(

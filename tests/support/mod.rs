@@ -592,19 +592,27 @@ pub struct RedisServer {
     child: Option<std::process::Child>,
 }
 
+/// Whether `redis-server` can be run here. Without it a test prints that
+/// it skipped; with `TETHER_REQUIRE_REDIS=1` (CI) its absence panics.
+pub fn redis_available() -> bool {
+    let installed = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        if std::env::var("TETHER_REQUIRE_REDIS").as_deref() == Ok("1") {
+            panic!("redis-server is not installed and TETHER_REQUIRE_REDIS=1");
+        }
+        println!("skipped: redis-server not installed");
+    }
+    installed
+}
+
 impl RedisServer {
     /// Starts one, or `None` (after printing why) when `redis-server` is not
     /// installed. With `TETHER_REQUIRE_REDIS=1` (CI) its absence panics.
     pub async fn start() -> Option<RedisServer> {
-        let installed = std::process::Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !installed {
-            if std::env::var("TETHER_REQUIRE_REDIS").as_deref() == Ok("1") {
-                panic!("redis-server is not installed and TETHER_REQUIRE_REDIS=1");
-            }
-            println!("skipped: redis-server not installed");
+        if !redis_available() {
             return None;
         }
         // redis-server refuses port 0: take a free port from the OS and
