@@ -323,31 +323,47 @@ async fn tls_sessions_to_a_backend_are_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_whose_certificate_does_not_verify_is_down_with_a_clear_log_line() {
     let up = Upstream::start("app1", tls_serve(b"http/1.1")).await;
-    // No ca_file: the system's roots do not know the dev certificate.
     let dir = std::env::temp_dir().join(format!("tether-upstream-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("untrusted.toml");
-    let text = cfg(
-        &[&up],
-        "tls = true\nsni = \"localhost\"",
-        "[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nfall = 1\n\n[admin]\nbind = \"127.0.0.1:0\"",
-    );
-    std::fs::write(&path, text).unwrap();
-    let (_p, addrs, logs) = spawn_tether(&path, 2);
-    let down = loop {
-        let line = logs.recv_timeout(HANG).expect("a log line saying why");
-        if line.contains("backend is down") {
-            break line;
-        }
-    };
-    assert!(down.contains("app1"), "{down}");
-    assert!(
-        down.contains("invalid peer certificate") && down.contains("ca_file"),
-        "the line says what is wrong and what to do: {down}"
-    );
-    wait_state(addrs[1], "app1", "down").await;
-    let r = plain_get(addrs[0], "/x", &[]).await;
-    assert_eq!(r.status, 503, "never silently trusted: {r:?}");
+    for (case, keys, what_to_set) in [
+        // No ca_file: the system's roots do not know the dev certificate.
+        (
+            "unknown-issuer",
+            "tls = true\nsni = \"localhost\"",
+            "ca_file",
+        ),
+        // A trusted certificate for another name.
+        (
+            "wrong-name",
+            "tls = true\nsni = \"wrong.example\"\nca_file = \"certs/localhost.crt\"",
+            "sni",
+        ),
+    ] {
+        let path = dir.join(format!("{case}.toml"));
+        let text = cfg(
+            &[&up],
+            keys,
+            "[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nfall = 1\n\n[admin]\nbind = \"127.0.0.1:0\"",
+        )
+        .replace("certs/", &format!("{}/certs/", repo().display()));
+        std::fs::write(&path, text).unwrap();
+        let (_p, addrs, logs) = spawn_tether(&path, 2);
+        let down = loop {
+            let line = logs.recv_timeout(HANG).expect("a log line saying why");
+            if line.contains("backend is down") {
+                break line;
+            }
+        };
+        assert!(down.contains("app1"), "{case}: {down}");
+        assert!(
+            down.contains("invalid peer certificate")
+                && down.contains(&format!("set the backend's {what_to_set}")),
+            "{case}: the line says what is wrong and what to do: {down}"
+        );
+        wait_state(addrs[1], "app1", "down").await;
+        let r = plain_get(addrs[0], "/x", &[]).await;
+        assert_eq!(r.status, 503, "{case}: never silently trusted: {r:?}");
+    }
     assert_eq!(up.count(|c| &c.handshakes), 0, "no handshake completed");
     let _ = std::fs::remove_dir_all(&dir);
 }
