@@ -5,6 +5,7 @@
 #   benches/load.sh --quick         # 3 s per run, 100k sessions (smoke run)
 #   benches/load.sh --repeat 3      # 3 rounds (each scenario on each proxy back to back); medians
 #   benches/load.sh --only 'tether|haproxy-cookie:plain-cookie'   # a subset (regex over PROXY:SCENARIO)
+#   benches/load.sh --only ':plain-close' --repeat 9   # a new TCP connection per request, 9 rounds
 #   benches/load.sh --million-only --merge benches/results/load.json   # add the 1M-sessions rows
 #
 # Installs what is missing (oha with cargo; haproxy, nginx, curl, python3
@@ -14,6 +15,11 @@
 # writes benches/results/load.md (the table) and load.json (every run).
 # Configs are the templates in benches/load/. Every process it starts is
 # bounded by `timeout` and stopped by PID; all traffic stays on 127.0.0.1.
+# Scenarios (SCENARIOS in run.py): plain-new, plain-cookie, plain-rotate,
+# plain-close (oha --disable-keepalive: a new TCP connection per request),
+# tls-new, tls-cookie, tls-handshake, tls-full. plain-close needs the kernel
+# to reuse client ports in TIME_WAIT (net.ipv4.tcp_tw_reuse 1 or 2, the
+# default, and tcp_timestamps): run.py checks before it starts (see there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -26,7 +32,7 @@ while (($#)); do
     --quick) QUICK=1 ;;
     --repeat | --only | --duration | --connections | --sessions | --merge) ARGS+=("$1" "$2"); shift ;;
     --no-million | --million-only) ARGS+=("$1") ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--quick] [--repeat N] [--only REGEX] [--duration S] [--connections N] [--sessions N] [--no-million|--million-only] [--merge FILE]" >&2; exit 2 ;;
   esac
   shift
@@ -35,7 +41,7 @@ done
 
 log() { echo "load: $*" >&2; }
 source benches/load/needs.sh
-needs python3 curl taskset:util-linux haproxy nginx
+needs python3 curl taskset:util-linux ss:iproute2 haproxy nginx
 if (($(nproc) < 2)); then
   log "needs 2 cores (proxy on core 0, load on core 1); found $(nproc)"
   exit 1

@@ -4,11 +4,13 @@
 Starts three bench backends (core 1) and every proxy, each pinned to core 0
 with one worker thread, then runs oha (core 1) against each scenario on each
 proxy back to back, for a fixed time at a fixed concurrency, and records
-requests/s, p50/p99 latency, errors and the proxy's CPU time per successful
+requests/s, p50/p99 latency, errors, the proxy's CPU time per successful
 request (utime+stime of the proxy's whole process tree from /proc, before
-and after). With --repeat N there are N rounds, the proxies' order rotating
-per round, and the table shows medians. Writes
-benches/results/load.md and load.json and prints the table.
+and after) and the TCP connections the kernel accepted per request (about 1
+in the plain-close row, a new connection per request; about 0 elsewhere).
+With --repeat N there are N rounds, the proxies' order rotating per round,
+and the table shows medians. Writes benches/results/load.md and load.json
+and prints the table.
 
 Every process it starts is its own child, bounded by `timeout`, and stopped
 by PID; all traffic stays on 127.0.0.1.
@@ -134,6 +136,15 @@ def rss_mib(pids):
     return total / 1024
 
 
+def tcp_opens():
+    """(ActiveOpens, PassiveOpens): TCP connections this network namespace
+    has connected and accepted so far, as the kernel counts them."""
+    with open("/proc/net/snmp") as f:
+        names, values = [line.split()[1:] for line in f if line.startswith("Tcp:")]
+    d = dict(zip(names, values))
+    return int(d["ActiveOpens"]), int(d["PassiveOpens"])
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -255,6 +266,7 @@ def oha(args, work, tag, url, proxy_pids, cookie=None, keepalive=True):
     argv.append(url)
     load = loadavg()
     pids = [p for root in proxy_pids for p in tree(root)] if proxy_pids else []
+    opens0 = tcp_opens()
     cpu0 = cpu_seconds(pids)
     r = subprocess.run(
         ["timeout", "--signal=INT", "--kill-after=10", str(args.duration + 30)] + argv,
@@ -262,6 +274,8 @@ def oha(args, work, tag, url, proxy_pids, cookie=None, keepalive=True):
         text=True,
     )
     cpu1 = cpu_seconds(pids)
+    opens1 = tcp_opens()
+    held = None if keepalive else client_time_wait(url)
     with open(os.path.join(work, f"{tag}.json"), "w") as f:
         f.write(r.stdout)
     if r.returncode != 0:
@@ -281,12 +295,88 @@ def oha(args, work, tag, url, proxy_pids, cookie=None, keepalive=True):
         "ok": ok,
         "errors": errors,
         "cpu_us": (cpu1 - cpu0) / ok * 1e6 if proxy_pids and ok else None,
+        # TCP connections opened per successful request during the run, by the
+        # kernel's count for the whole network namespace (so anything else
+        # opening connections on the machine meanwhile adds a little): oha's
+        # connects plus the proxy's to backends, and their accepts.
+        "connects_per_req": (opens1[0] - opens0[0]) / ok if ok else None,
+        "accepts_per_req": (opens1[1] - opens0[1]) / ok if ok else None,
+        "client_time_wait": held,
         "loadavg": load,
     }
     cpu = f"{res['cpu_us']:.1f} us/req" if res["cpu_us"] is not None else "-"
+    held = "" if keepalive else f", {held} client ports left in TIME_WAIT"
     log(f"  {tag}: {res['rps']:.0f} req/s p50 {res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms "
-        f"err {errors} cpu {cpu} (loadavg {load})")
+        f"err {errors} cpu {cpu}, {fmt(res['accepts_per_req'], '.3f')} connections accepted "
+        f"per request{held} (loadavg {load})")
     return res
+
+
+# ---- a new TCP connection per request -------------------------------------------
+#
+# With --disable-keepalive oha opens a connection for every request and sends
+# `Connection: close` on it (oha 1.16: src/lib.rs adds the header, src/client.rs
+# drops the connection after the response). How we know each request of the
+# plain-close row really is a new connection: oha() records the kernel's count
+# of TCP connections accepted during the run per successful request
+# (accepts_per_req in load.json; backends' accepts count too, so a proxy that
+# connected to a backend per request would show 2, and other traffic on the
+# machine adds a little). Measured: 1.00-1.03 for tether, HAProxy and nginx,
+# 2.01 for HAProxy with its default `http-reuse safe` (see
+# haproxy-close.cfg.in); and strace -c on each proxy counted one successful
+# accept4() per request plus one per request cut off at the end of the run.
+#
+# Ports: the side of a connection that closes first keeps it in TIME_WAIT for
+# 60 s, and a client port in TIME_WAIT can't be connected from again unless the
+# kernel may reuse it: net.ipv4.tcp_tw_reuse 1, or 2 (loopback only, Linux's
+# default), with tcp_timestamps on, lets connect() take a TIME_WAIT port once
+# it is tcp_tw_reuse_delay (1 s) old. Without that, the 28,000 ports of the
+# default range would last under 500 connections per second. Usually the proxy
+# closes first (the client asked it to), its TIME_WAIT holds no client port,
+# and the kernel accepts a new SYN on a pair still in it; with ss, 99% of
+# TIME_WAIT sockets were the proxies'. But which side closes first is a race:
+# with the proxy slowed down (strace attached) oha closed first 30-40% of the
+# time, thousands of ports per second. So the bench needs port reuse and
+# checks for it before anything starts rather than fail midway (it changes no
+# sysctl itself); with it, oha could close first for up to 28,000 connections
+# per second, beyond what one proxy core serves. Each run also records the
+# client ports it left in TIME_WAIT (client_time_wait in load.json).
+
+
+def sysctl(name):
+    try:
+        with open("/proc/sys/" + name.replace(".", "/")) as f:
+            return " ".join(f.read().split())
+    except OSError:
+        return None
+
+
+def client_time_wait(url):
+    """Client ports in TIME_WAIT towards url's port."""
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    try:
+        r = subprocess.run(["ss", "-Htan", "state", "time-wait", f"( dport = :{port} )"],
+                           capture_output=True, text=True)
+    except OSError:
+        return None
+    return len(r.stdout.splitlines()) if r.returncode == 0 else None
+
+
+def check_port_reuse(args):
+    """Before a new connection per request: can connect() reuse client ports
+    in TIME_WAIT? (See above.)"""
+    if not any(want(args, p, "plain-close") for p in PROXIES):
+        return
+    reuse, stamps = sysctl("net.ipv4.tcp_tw_reuse"), sysctl("net.ipv4.tcp_timestamps")
+    log(f"a connection per request: tcp_tw_reuse {reuse}, tcp_timestamps {stamps}, "
+        f"ip_local_port_range {sysctl('net.ipv4.ip_local_port_range')}, "
+        f"tcp_tw_reuse_delay {sysctl('net.ipv4.tcp_tw_reuse_delay') or '1000 (fixed)'} ms")
+    if reuse == "0" or stamps == "0":
+        raise SystemExit(
+            "load: the plain-close row (a new connection per request) can run out of client ports: "
+            "the kernel won't reuse ports in TIME_WAIT. Enable it (sysctl -w net.ipv4.tcp_tw_reuse=2 "
+            "net.ipv4.tcp_timestamps=1) or leave the row out (--only '^(?!.*plain-close)', which "
+            "also skips the live-sessions rows).")
 
 
 def handshakes(args, tag, url, proxy_pids, cookie, full):
@@ -325,11 +415,12 @@ def handshakes(args, tag, url, proxy_pids, cookie, full):
 
 # ---- scenarios ----------------------------------------------------------------
 
-# (row key, label, keep-alive?)
+# (row key, label)
 SCENARIOS = [
     ("plain-new", "plain, sticky, no cookie (every request a new session)"),
     ("plain-cookie", "plain, sticky, returning cookie"),
     ("plain-rotate", "plain, rotate / round-robin"),
+    ("plain-close", "plain without keep-alive (a new TCP connection per request), sticky cookie"),
     ("tls-new", "TLS keep-alive, sticky, no cookie"),
     ("tls-cookie", "TLS keep-alive, sticky, returning cookie"),
     ("tls-handshake", "TLS without keep-alive, resumption on (a resumed handshake per request), sticky cookie"),
@@ -371,6 +462,7 @@ def setup_tether(args, work, ports):
             cells += [
                 ("tether", "plain-new", f"http://127.0.0.1:{plain}/", None, True, p.pid),
                 ("tether", "plain-cookie", f"http://127.0.0.1:{plain}/", sid, True, p.pid),
+                ("tether", "plain-close", f"http://127.0.0.1:{plain}/", sid, False, p.pid),
                 ("tether", "tls-new", tls_url(tls), None, True, p.pid),
                 ("tether", "tls-cookie", tls_url(tls), tsid, True, p.pid),
                 ("tether", "tls-handshake", tls_url(tls), tsid, False, p.pid),
@@ -405,7 +497,7 @@ def setup_haproxy(args, work, ports):
         ("haproxy-cookie", "tls-handshake", tls("COOKIE_TLS"), srv, False, p.pid),
         ("haproxy-hash", "plain-cookie", plain("HASH_PLAIN"), sid, True, p.pid),
         ("haproxy-hash", "tls-cookie", tls("HASH_TLS"), sid, True, p.pid),
-    ] + setup_haproxy_full(args, work, ports, pem)
+    ] + setup_haproxy_full(args, work, ports, pem) + setup_haproxy_close(args, work, ports)
 
 
 def setup_haproxy_full(args, work, ports, pem):
@@ -422,6 +514,23 @@ def setup_haproxy_full(args, work, ports, pem):
     wait_http(url, "haproxy (full handshakes)")
     srv = "SRV=" + set_cookie_of(url, "SRV")
     return [("haproxy-cookie", "tls-full", url, srv, False, p.pid)]
+
+
+def setup_haproxy_close(args, work, ports):
+    """A third HAProxy, which gives a client connection's first request an
+    idle pooled backend connection (see haproxy-close.cfg.in)."""
+    if not want(args, "haproxy-cookie", "plain-close"):
+        return []
+    v = {"COOKIE_CLOSE": free_port(), "B1": ports[0], "B2": ports[1], "B3": ports[2]}
+    cfg = fill("haproxy-close.cfg.in", os.path.join(work, "haproxy-close.cfg"), v)
+    subprocess.run(["haproxy", "-c", "-q", "-f", cfg], check=True)
+    p = start(["taskset", "-c", PROXY_CORE, "haproxy", "-f", cfg, "-db"],
+              os.path.join(work, "haproxy-close.log"), args.life)
+    wait_port(v["COOKIE_CLOSE"], p, "haproxy (a connection per request)")
+    url = f"http://127.0.0.1:{v['COOKIE_CLOSE']}/"
+    wait_http(url, "haproxy (a connection per request)")
+    srv = "SRV=" + set_cookie_of(url, "SRV")
+    return [("haproxy-cookie", "plain-close", url, srv, False, p.pid)]
 
 
 def setup_nginx(args, work, ports):
@@ -443,6 +552,7 @@ def setup_nginx(args, work, ports):
         ("nginx-hash", "plain-new", plain("HASH_PLAIN"), None, True, p.pid),
         ("nginx-hash", "plain-cookie", plain("HASH_PLAIN"), sid, True, p.pid),
         ("nginx-hash", "plain-rotate", plain("RR_PLAIN"), None, True, p.pid),
+        ("nginx-hash", "plain-close", plain("HASH_PLAIN"), sid, False, p.pid),
         ("nginx-hash", "tls-new", tls("HASH_TLS"), None, True, p.pid),
         ("nginx-hash", "tls-cookie", tls("HASH_TLS"), sid, True, p.pid),
         ("nginx-hash", "tls-handshake", tls("HASH_TLS"), sid, False, p.pid),
@@ -564,6 +674,18 @@ def table(results, meta):
                   "keeping every TLS 1.3 ticket it is given). Handshakes that resumed in the "
                   "resumption-on row, as the client saw them: " + ", ".join(shares) + "; in the "
                   "resumption-off row none did."]
+    opened = []
+    for proxy in PROXIES:
+        rs = runs.get(f"{proxy}|plain-close", [])
+        per = med(rs, "accepts_per_req")
+        if per is not None:
+            opened.append(f"{proxy} {per:.3f}")
+    if opened:
+        lines += ["", "The new-connection row uses `oha --disable-keepalive` (a connection per request, "
+                  "`Connection: close`) and HAProxy with `http-reuse always` (benches/load/haproxy-close.cfg.in). "
+                  "TCP connections the kernel accepted per successful request in it (backends' accepts "
+                  "included; 1 = a new client connection per request, backend connections reused): "
+                  + ", ".join(opened) + "."]
     m = results.get("million")
     if m:
         s, l = m["small"], m["large"]
@@ -644,6 +766,8 @@ def main():
         "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().replace("nginx version: ", ""),
         "oha": subprocess.run([args.oha, "--version"], capture_output=True, text=True).stdout.split()[-1],
     }
+    if not args.million_only:
+        check_port_reuse(args)
     try:
         backends, ports = start_backends(args.backend, work, args.life)
         cells = []
