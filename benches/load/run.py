@@ -738,8 +738,10 @@ def main():
     ap.add_argument("--out", default=os.path.join(RESULTS, "load"))
     ap.add_argument("--command", default="benches/load.sh")
     args = ap.parse_args()
+    # How long any process it starts may live: up to 30 runs of about
+    # duration + 3 s in each round, plus start-up and the live-sessions runs.
     per_rep = 30 * (args.duration + 3)
-    args.life = per_rep + 900
+    args.life = per_rep * args.repeat + 900
 
     work = tempfile.mkdtemp(prefix="tether-load.")
     log(f"work dir (configs, logs, raw oha JSON): {work}")
