@@ -21,6 +21,25 @@ use crate::store::{BackendId, MAX_BACKEND_IDS};
 // old ones, so the ids in use at once can reach twice the configured maximum.
 const _: () = assert!(MAX_BACKEND_IDS >= 2 * crate::config::MAX_BACKENDS);
 
+/// Bumped after every change of any backend's state, in any process-wide
+/// table: a cache of who is `up` (the balancer's) is current while this has
+/// not moved since it was built. One counter for all, since status changes
+/// are rare (a health flip, an operator's switch) and a needless rebuild
+/// costs one walk of the table, which is what every new session paid before.
+static STATUS_CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// How many backend state changes there have been; see [`STATUS_CHANGES`].
+/// Read it *before* reading the states a cache is built from: a change that
+/// lands during the walk then moves it past the cache's value.
+#[inline]
+pub fn status_changes() -> u64 {
+    STATUS_CHANGES.load(Ordering::Acquire)
+}
+
+fn status_changed() {
+    STATUS_CHANGES.fetch_add(1, Ordering::AcqRel);
+}
+
 /// A backend's status (SPEC section 6 `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -154,7 +173,11 @@ impl Backend {
     /// clears a drain deadline ([`Backend::drain_by`] sets one after).
     pub fn set_admin(&self, a: Admin) -> Admin {
         self.drain_until_ms.store(0, Ordering::Relaxed);
-        Admin::from_u8(self.admin.swap(a as u8, Ordering::Relaxed))
+        let before = Admin::from_u8(self.admin.swap(a as u8, Ordering::Relaxed));
+        if before != a {
+            status_changed();
+        }
+        before
     }
 
     /// Drains with a deadline: from `until_ms` (session clock) the sessions
@@ -180,7 +203,11 @@ impl Backend {
 
     /// Records observed health; returns the previous value.
     pub fn set_healthy(&self, up: bool) -> bool {
-        self.healthy.swap(up, Ordering::Relaxed)
+        let before = self.healthy.swap(up, Ordering::Relaxed);
+        if before != up {
+            status_changed();
+        }
+        before
     }
 
     /// Sets both switches so that `state()` reads `s` (tests, and carrying

@@ -412,3 +412,61 @@ async fn calls_are_evalsha_and_a_forgotten_script_is_loaded_again() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The live total is the sum of the per-backend counts at every moment:
+/// when a reload's scrub forgets a backend id, its sessions leave the total
+/// at once, not at the next background count. (Bounded load takes its mean
+/// from this total, less the backends not taking new sessions.)
+#[tokio::test]
+async fn a_forgotten_backend_leaves_the_live_total_at_once() {
+    use std::sync::Arc;
+    use tether::store::{BackendId, BackendSet, Record, RedisSettings, RedisStore, SessionKey};
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let wall_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let settings = RedisSettings {
+        url: redis.url(),
+        sentinel: None,
+        key_prefix: "tether:".into(),
+        connect_timeout: Duration::from_millis(200),
+        command_timeout: Duration::from_millis(COMMAND_TIMEOUT_MS),
+        max_cached: 1000,
+        // Counted every 500 ms (a quarter of the idle timeout).
+        idle: Duration::from_secs(2),
+        absolute: Duration::from_secs(3600),
+    };
+    let metrics = Arc::new(tether::metrics::Metrics::new());
+    let store = RedisStore::start(settings, metrics, wall_ms).await.unwrap();
+    let (a, b) = (BackendId(1), BackendId(2));
+    store.name_backends([(a, "a"), (b, "b")]);
+    let now = wall_ms();
+    for (n, backend) in [a, a, a, b, b].into_iter().enumerate() {
+        let rec = Record {
+            backend,
+            created_ms: now,
+            seen_ms: now,
+        };
+        let _ = store.insert(SessionKey(n as u128 + 1), rec).await;
+    }
+    let deadline = Instant::now() + HANG;
+    while (store.live(), store.sessions_on(a)) != (5, 3) {
+        assert!(Instant::now() < deadline, "never counted: {}", store.live());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.forget_backends(&[a]);
+    assert_eq!(
+        (store.live(), store.sessions_on(a), store.sessions_on(b)),
+        (2, 0, 2)
+    );
+    let mut both = BackendSet::new();
+    both.insert(a);
+    both.insert(b);
+    assert_eq!(store.sessions_among(&both), 2);
+}

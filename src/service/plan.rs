@@ -200,9 +200,13 @@ pub(super) async fn carry_out(
         Route::Backend(i) => i,
         Route::Mint | Route::Place => snap
             .balancer
-            .pick_new(ring_key, &snap.backends, snap.balance_factor, |b| {
-                shared.store.sessions_on(b.id)
-            })
+            .pick_new_with(
+                ring_key,
+                &snap.backends,
+                snap.balance_factor,
+                |b| shared.store.sessions_on(b.id),
+                |up| shared.store.sessions_among(up),
+            )
             .ok_or(ProxyError::NoBackend)?,
         Route::Ring => snap
             .balancer

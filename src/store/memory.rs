@@ -16,8 +16,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::tally::Tally;
 use super::{
-    BackendId, EndReason, Found, Insert, Record, SessionKey, SessionStore, MAX_BACKEND_IDS,
+    BackendId, BackendSet, EndReason, Found, Insert, Record, SessionKey, SessionStore,
+    MAX_BACKEND_IDS,
 };
 
 /// Most entries one eviction looks at before giving up: a full store of
@@ -59,10 +61,8 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     /// Entries held, tombstones included; bounded by `max_sessions`.
     len: AtomicUsize,
-    /// Live sessions (entries minus tombstones).
-    live: AtomicU64,
-    /// Live sessions per backend, indexed by `BackendId`.
-    per_backend: Box<[AtomicU64]>,
+    /// Live sessions (entries minus tombstones), per backend and in all.
+    tally: Tally,
     /// Live sessions only a client vouches for (`insert_claimed`): when it
     /// is zero, a full store has nothing an insert may evict, and no scan
     /// is made.
@@ -169,13 +169,11 @@ impl MemoryStore {
     /// with [`MemoryStore::spawn_reaper`].
     pub fn new(max_sessions: usize, idle: Duration, absolute: Duration) -> MemoryStore {
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
-        let per_backend = (0..MAX_BACKEND_IDS).map(|_| AtomicU64::new(0)).collect();
         MemoryStore {
             inner: Arc::new(Inner {
                 shards,
                 len: AtomicUsize::new(0),
-                live: AtomicU64::new(0),
-                per_backend,
+                tally: Tally::new(),
                 claimed: AtomicUsize::new(0),
                 evict_from: AtomicUsize::new(0),
                 max_sessions,
@@ -299,10 +297,8 @@ impl MemoryStore {
             return false;
         }
         if entry.backend != backend {
-            inner
-                .backend_count(entry.backend)
-                .fetch_sub(1, Ordering::Relaxed);
-            inner.backend_count(backend).fetch_add(1, Ordering::Relaxed);
+            inner.tally.sub(entry.backend);
+            inner.tally.add(backend);
             entry.backend = backend;
         }
         entry.seen_ms = entry.seen_ms.max(now_ms);
@@ -379,15 +375,18 @@ impl MemoryStore {
     /// [`MAX_BACKEND_IDS`]). Exact: every path that adds, moves or removes a
     /// live session adjusts it under the shard lock.
     pub fn sessions_on(&self, backend: BackendId) -> u64 {
-        self.inner
-            .per_backend
-            .get(usize::from(backend.0))
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        self.inner.tally.on(backend)
+    }
+
+    /// Live sessions pinned to any backend in `backends`. See
+    /// [`SessionStore::sessions_among`].
+    pub fn sessions_among(&self, backends: &BackendSet) -> u64 {
+        self.inner.tally.among(backends)
     }
 
     /// Live sessions in all.
     pub fn live(&self) -> u64 {
-        self.inner.live.load(Ordering::Relaxed)
+        self.inner.tally.total()
     }
 
     /// Entries held, tombstones included.
@@ -513,17 +512,6 @@ impl Inner {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn backend_count(&self, backend: BackendId) -> &AtomicU64 {
-        self.per_backend
-            .get(usize::from(backend.0))
-            .unwrap_or_else(|| {
-                panic!(
-                    "BackendId({}) is beyond MAX_BACKEND_IDS ({MAX_BACKEND_IDS}): the backend name interner must refuse it",
-                    backend.0
-                )
-            })
-    }
-
     /// Claims room for one new entry, or says the store is full. A CAS loop
     /// rather than add-then-undo, so racing inserts at the bound never see a
     /// transient overshoot and refuse each other spuriously.
@@ -540,9 +528,7 @@ impl Inner {
             if e.claimed {
                 self.claimed.fetch_add(1, Ordering::Relaxed);
             }
-            self.live.fetch_add(1, Ordering::Relaxed);
-            self.backend_count(e.backend)
-                .fetch_add(1, Ordering::Relaxed);
+            self.tally.add(e.backend);
         }
     }
 
@@ -552,9 +538,7 @@ impl Inner {
             if e.claimed {
                 self.claimed.fetch_sub(1, Ordering::Relaxed);
             }
-            self.live.fetch_sub(1, Ordering::Relaxed);
-            self.backend_count(e.backend)
-                .fetch_sub(1, Ordering::Relaxed);
+            self.tally.sub(e.backend);
         }
     }
 
@@ -650,6 +634,10 @@ impl SessionStore for MemoryStore {
 
     fn sessions_on(&self, backend: BackendId) -> u64 {
         MemoryStore::sessions_on(self, backend)
+    }
+
+    fn sessions_among(&self, backends: &BackendSet) -> u64 {
+        MemoryStore::sessions_among(self, backends)
     }
 
     fn live(&self) -> u64 {

@@ -15,6 +15,7 @@ mod cache;
 pub mod memory;
 pub mod redis;
 pub mod seen;
+mod tally;
 
 pub use memory::MemoryStore;
 pub use redis::{RedisSettings, RedisStore};
@@ -44,6 +45,57 @@ pub struct BackendId(pub u16);
 /// How many distinct backend names the stores can count (ids `0..MAX_BACKEND_IDS`).
 /// A larger id is a broken invariant of the caller's interner and panics.
 pub const MAX_BACKEND_IDS: usize = 4096;
+
+/// A set of backend ids, one bit each, as [`SessionStore::sessions_among`]
+/// takes it: 512 bytes, so the balancer can keep one per backend table and
+/// a store can compare it with its own a word at a time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendSet([u64; MAX_BACKEND_IDS / 64]);
+
+impl BackendSet {
+    /// The empty set.
+    pub fn new() -> BackendSet {
+        BackendSet([0; MAX_BACKEND_IDS / 64])
+    }
+
+    /// Adds `id`.
+    ///
+    /// # Panics
+    /// `id` is beyond [`MAX_BACKEND_IDS`] (a broken invariant of the
+    /// caller's interner).
+    pub fn insert(&mut self, id: BackendId) {
+        let i = usize::from(id.0);
+        assert!(
+            i < MAX_BACKEND_IDS,
+            "BackendId({i}) is beyond MAX_BACKEND_IDS ({MAX_BACKEND_IDS})"
+        );
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Whether `id` is in the set.
+    pub fn contains(&self, id: BackendId) -> bool {
+        let i = usize::from(id.0);
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// The bits, 64 ids a word, id 0 in bit 0 of the first.
+    pub fn words(&self) -> &[u64] {
+        &self.0
+    }
+}
+
+impl Default for BackendSet {
+    fn default() -> BackendSet {
+        BackendSet::new()
+    }
+}
+
+impl fmt::Debug for BackendSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids = (0..MAX_BACKEND_IDS).filter(|&i| self.0[i / 64] & (1 << (i % 64)) != 0);
+        f.debug_set().entries(ids).finish()
+    }
+}
 
 /// A live session as the store knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +255,13 @@ pub trait SessionStore {
     /// Live sessions pinned to `backend`.
     fn sessions_on(&self, backend: BackendId) -> u64;
 
+    /// Live sessions pinned to any backend in `backends`. Costs a look at
+    /// each backend *outside* the set that holds sessions (normally none:
+    /// the set is the backends taking new sessions), not one per backend in
+    /// it, so bounded load can take a mean over a thousand backends per new
+    /// session.
+    fn sessions_among(&self, backends: &BackendSet) -> u64;
+
     /// Live sessions in all.
     fn live(&self) -> u64;
 
@@ -303,6 +362,13 @@ impl SessionStore for Store {
         match self {
             Store::Memory(m) => m.sessions_on(backend),
             Store::Redis(r) => r.sessions_on(backend),
+        }
+    }
+
+    fn sessions_among(&self, backends: &BackendSet) -> u64 {
+        match self {
+            Store::Memory(m) => m.sessions_among(backends),
+            Store::Redis(r) => r.sessions_among(backends),
         }
     }
 

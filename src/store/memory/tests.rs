@@ -46,8 +46,26 @@ fn assert_counts_exact(s: &MemoryStore) {
     assert_eq!(s.live(), live, "live");
     assert_eq!(s.inner.claimed.load(Ordering::Relaxed), claimed, "claimed");
     for (i, n) in per.iter().enumerate() {
-        assert_eq!(s.sessions_on(BackendId(i as u16)), *n, "backend {i}");
+        let id = BackendId(i as u16);
+        assert_eq!(s.sessions_on(id), *n, "backend {i}");
+        assert!(
+            *n == 0 || s.inner.tally.held(id),
+            "backend {i} holds sessions"
+        );
     }
+    // The total over a set of ids is the sum of their counts.
+    let mut evens = BackendSet::new();
+    let mut all = BackendSet::new();
+    for i in 0..MAX_BACKEND_IDS {
+        all.insert(BackendId(i as u16));
+        if i % 2 == 0 {
+            evens.insert(BackendId(i as u16));
+        }
+    }
+    let even_sum: u64 = per.iter().step_by(2).sum();
+    assert_eq!(s.sessions_among(&evens), even_sum, "among the even ids");
+    assert_eq!(s.sessions_among(&all), live, "among all ids");
+    assert_eq!(s.sessions_among(&BackendSet::new()), 0, "among none");
 }
 
 #[test]
@@ -217,6 +235,48 @@ fn forgetting_backends_removes_their_sessions_and_counts_only() {
     assert!(matches!(s.get_touch(key(3), T0 + 2), Found::Live(_)));
     assert_eq!(s.forget_backends(&[]), 0);
     assert_counts_exact(&s);
+}
+
+#[test]
+fn sessions_among_counts_the_set_through_moves_ends_and_forgets() {
+    let s = store(100);
+    let set = |ids: &[u16]| {
+        let mut set = BackendSet::new();
+        for &i in ids {
+            set.insert(BackendId(i));
+        }
+        set
+    };
+    for n in 0..12u64 {
+        let b = BackendId([1, 2, 3, 300][(n % 4) as usize]);
+        assert_eq!(s.insert(key(n), rec(b, T0)), Insert::Done);
+    }
+    // (what happened, ids asked about, sessions among them)
+    let ask = |what: &str, rows: &[(&[u16], u64)]| {
+        for (ids, want) in rows {
+            assert_eq!(s.sessions_among(&set(ids)), *want, "{what}: among {ids:?}");
+        }
+        assert_counts_exact(&s);
+    };
+    ask(
+        "3 each",
+        &[(&[1, 2], 6), (&[1, 2, 3, 300], 12), (&[300], 3), (&[4], 0)],
+    );
+    s.repin(key(0), BackendId(2), T0 + 1); // 1 -> 2
+    s.repin(key(4), BackendId(300), T0 + 1); // 1 -> 300
+    ask(
+        "moved two off 1",
+        &[(&[1], 1), (&[2], 4), (&[1, 2, 3], 8), (&[300], 4)],
+    );
+    assert_eq!(s.end(key(1), EndReason::Ended, T0 + 2), Insert::Done); // 2
+    ask("ended one on 2", &[(&[2], 3), (&[1, 2, 3, 300], 11)]);
+    assert_eq!(s.forget_backends(&[BackendId(300)]), 4);
+    ask(
+        "forgot 300",
+        &[(&[1, 2, 3], 7), (&[300], 0), (&[1, 2, 3, 300], 7)],
+    );
+    assert_eq!(s.reap(T0 + 10_000), 8);
+    ask("all expired", &[(&[1, 2, 3, 300], 0)]);
 }
 
 #[test]

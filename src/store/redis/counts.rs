@@ -2,7 +2,6 @@
 //! that refreshes them and reaps the local view. Counts lag by the upkeep
 //! interval (at most a second); see the module docs of `redis` for the bound.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -45,17 +44,14 @@ impl Inner {
         )
         .await;
         match counted {
-            // Ids forgotten meanwhile may name other backends now.
-            Ok(Ok(_)) if !Arc::ptr_eq(&names, &self.names.load()) => {}
             Ok(Ok(v)) => {
-                let mut live = 0;
-                for ((id, _), n) in order.iter().zip(v) {
-                    if let Some(c) = self.counts.get(usize::from(id.0)) {
-                        c.store(n, Ordering::Relaxed);
+                let _counting = self.counting();
+                // Ids forgotten meanwhile may name other backends now.
+                if Arc::ptr_eq(&names, &self.names.load()) {
+                    for ((id, _), n) in order.iter().zip(v) {
+                        self.tally.set(*id, n);
                     }
-                    live += n;
                 }
-                self.live.store(live, Ordering::Relaxed);
             }
             Ok(Err(e)) => self.failed(1, &e.to_string()),
             Err(_) => self.failed(1, "session count timed out"),

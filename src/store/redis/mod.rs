@@ -56,7 +56,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -65,7 +65,8 @@ use redis::{Client, RedisError};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::cache::{Cache, Entry, Hit, Times};
-use super::{BackendId, EndReason, Found, Insert, Record, SessionKey, MAX_BACKEND_IDS};
+use super::tally::Tally;
+use super::{BackendId, BackendSet, EndReason, Found, Insert, Record, SessionKey};
 use crate::metrics::Metrics;
 use codec::Keys;
 use sentinel::{Primary, Sentinels};
@@ -151,8 +152,13 @@ struct Inner {
     cache: Cache,
     writes: mpsc::Sender<Write>,
     names: ArcSwap<Names>,
-    counts: Box<[AtomicU64]>,
-    live: AtomicU64,
+    /// Live sessions per backend and in all, as of the last count.
+    tally: Tally,
+    /// Held while a count is stored or an id forgotten, so a count taken
+    /// under names that a reload then forgets is never stored after the
+    /// forget zeroed it (it would stay, since no later count visits an id
+    /// without a name).
+    counting: Mutex<()>,
     idle_ms: AtomicU64,
     absolute_ms: AtomicU64,
     keys: Keys,
@@ -224,8 +230,8 @@ impl RedisStore {
             cache: Cache::new(settings.max_cached),
             writes,
             names: ArcSwap::from_pointee(Names::default()),
-            counts: (0..MAX_BACKEND_IDS).map(|_| AtomicU64::new(0)).collect(),
-            live: AtomicU64::new(0),
+            tally: Tally::new(),
+            counting: Mutex::new(()),
             idle_ms: AtomicU64::new(millis(settings.idle)),
             absolute_ms: AtomicU64::new(millis(settings.absolute)),
             keys: Keys::new(&settings.key_prefix),
@@ -309,6 +315,7 @@ impl RedisStore {
         if ids.is_empty() {
             return;
         }
+        let counting = self.inner.counting();
         let old = self.inner.names.load();
         let mut next = Names {
             by_id: old.by_id.clone(),
@@ -320,11 +327,10 @@ impl RedisStore {
                     next.by_name.remove(&name);
                 }
             }
-            if let Some(c) = self.inner.counts.get(usize::from(id.0)) {
-                c.store(0, Ordering::Relaxed);
-            }
+            self.inner.tally.set(*id, 0);
         }
         self.inner.names.store(Arc::new(next));
+        drop(counting);
         // After the names: a read that judged a record by an old name
         // before this point is refused when it tries to fill the cache.
         self.inner.cache.forget_backends(ids);
@@ -428,15 +434,19 @@ impl RedisStore {
     /// Live sessions pinned to `backend`, across all instances, as of the
     /// last background count (see the module docs for the error bound).
     pub fn sessions_on(&self, backend: BackendId) -> u64 {
-        self.inner
-            .counts
-            .get(usize::from(backend.0))
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        self.inner.tally.on(backend)
+    }
+
+    /// Live sessions pinned to any backend in `backends`, across all
+    /// instances, as of the last background count. See
+    /// [`super::SessionStore::sessions_among`].
+    pub fn sessions_among(&self, backends: &BackendSet) -> u64 {
+        self.inner.tally.among(backends)
     }
 
     /// Live sessions across all instances, as of the last background count.
     pub fn live(&self) -> u64 {
-        self.inner.live.load(Ordering::Relaxed)
+        self.inner.tally.total()
     }
 
     /// Entries in this instance's local view.
@@ -467,6 +477,12 @@ impl Inner {
 
     fn is_up(&self) -> bool {
         self.state.load(Ordering::Acquire) == UP
+    }
+
+    /// See `counting`. Nothing under it can panic half way (plain stores),
+    /// so a poisoned lock still guards consistent counts.
+    fn counting(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.counting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What the local view alone can say while Redis cannot answer. Its
