@@ -33,6 +33,7 @@ pub mod balancer;
 pub mod body;
 pub mod clock;
 pub mod config;
+mod copy;
 pub mod demo;
 pub mod error;
 pub mod framing;

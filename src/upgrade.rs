@@ -1,10 +1,11 @@
 //! Upgraded connections (WebSocket and other `Upgrade` protocols): once the
 //! backend answers 101, the client and backend streams are spliced byte for
-//! byte. They outlive their HTTP exchange, so they are tracked here for
-//! shutdown, which waits for them and closes what is left when
-//! `shutdown_grace` ends. One that moves no byte either way for
-//! `timeouts.tunnel` is closed. (Its `max_connections` slot rides with the
-//! client socket, so it is held until the splice ends; see `listener.rs`.)
+//! byte (`copy.rs`: no buffer is held while the tunnel idles). They outlive
+//! their HTTP exchange, so they are tracked here for shutdown, which waits
+//! for them and closes what is left when `shutdown_grace` ends. One that
+//! moves no byte either way for `timeouts.tunnel` is closed. (Its
+//! `max_connections` slot rides with the client socket, so it is held until
+//! the splice ends; see `listener.rs`.)
 
 use std::io;
 use std::pin::Pin;
@@ -99,7 +100,7 @@ pub async fn splice(
                 moved: &moved,
             };
             tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                r = crate::copy::copy_both_ways(&mut c, &mut u) => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "upgraded connection closed with an error");
                     }

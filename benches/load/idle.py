@@ -58,7 +58,8 @@ def start_proxy(args, work, proxy, ports, tag):
     if proxy == "tether":
         plain, tls = free_port(), free_port()
         cfg = fill("tether.toml.in", os.path.join(work, f"tether-{tag}.toml"), {
-            "PLAIN": plain, "TLS": tls, "ROOT": ROOT, "MODE": "sticky",
+            "PLAIN": plain, "TLS": tls, "ROOT": ROOT, "MODE": "sticky", "ADMIN": free_port(),
+            "RESUMPTION": "true",
             "B1": ports[0], "B2": ports[1], "B3": ports[2],
         })
         with open(cfg, "a") as f:
