@@ -153,6 +153,12 @@ impl Tracker {
         }
     }
 
+    /// Every byte fed so far belongs to a whole message: the next byte
+    /// begins a request head.
+    pub fn between(&self) -> bool {
+        matches!(&self.state, State::Head(head) if head.is_empty())
+    }
+
     /// A request head has begun and not ended. Stray CRLFs between
     /// requests (tolerated by hyper) do not begin one.
     pub fn mid_head(&self) -> bool {
@@ -320,6 +326,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Sniffed<I> {
             // Heads usually arrive in one read: the clock is read only for
             // one that spans reads.
             let mid_head = t.mid_head();
+            this.activity.between_requests(t.between());
             if matches!(t.state, State::Done) {
                 this.tracker = None;
             }

@@ -49,6 +49,7 @@ pub mod log;
 pub mod metrics;
 mod passthrough;
 pub mod proxy_protocol;
+pub mod release;
 pub mod reload;
 pub mod server;
 pub mod service;

@@ -7,14 +7,16 @@
 //! request path; idle upgraded connections to `upgrade.rs`.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -109,6 +111,12 @@ pub struct Activity {
     idle: AtomicU64,
     /// Requests whose response body has not ended.
     open: AtomicUsize,
+    /// Every byte read so far belongs to a whole request: no part of a
+    /// head or a body waits to be read (HTTP/1.x; written by the stream
+    /// wrapper).
+    between: AtomicBool,
+    /// Every byte written has been flushed to the socket.
+    flushed: AtomicBool,
 }
 
 impl Activity {
@@ -119,7 +127,31 @@ impl Activity {
             head: AtomicU64::new(NEVER),
             idle: AtomicU64::new(NEVER),
             open: AtomicUsize::new(0),
+            between: AtomicBool::new(true),
+            flushed: AtomicBool::new(true),
         }
+    }
+
+    /// Whether the bytes read so far end at a request boundary.
+    pub fn between_requests(&self, yes: bool) {
+        self.between.store(yes, Ordering::Relaxed);
+    }
+
+    /// Bytes were handed to the socket; a flush is due.
+    pub fn wrote(&self) {
+        self.flushed.store(false, Ordering::Relaxed);
+    }
+
+    /// Everything written has been flushed.
+    pub fn flushed(&self) {
+        self.flushed.store(true, Ordering::Relaxed);
+    }
+
+    /// Nothing half read, nothing unflushed: an idle HTTP/1 connection in
+    /// this state can be handed back from hyper and resumed later without
+    /// losing a byte.
+    pub fn settled(&self) -> bool {
+        self.between.load(Ordering::Relaxed) && self.flushed.load(Ordering::Relaxed)
     }
 
     fn now(&self) -> u64 {
@@ -227,6 +259,15 @@ pub enum Ended {
     Done,
     /// Closed by a deadline in this phase.
     Expired(Phase),
+    /// Idle and settled for `park` (see [`drive`]): the connection's
+    /// caller takes the socket back from hyper and [`park`]s it.
+    Parked,
+}
+
+/// When an idle connection may be parked: `park` after it went idle.
+/// `None` while it is not idle.
+pub fn park_at(phase: Phase, since: Instant, park: Duration) -> Option<Instant> {
+    (phase == Phase::Idle).then(|| later(since, park))
 }
 
 /// Runs `conn` (a hyper server connection; `finish` is its
@@ -236,21 +277,32 @@ pub enum Ended {
 /// HTTP/2 client that never answers the GOAWAY's PING would otherwise keep
 /// it.
 ///
+/// With `park` set (HTTP/1), a connection found idle that long, with
+/// nothing half read or unflushed ([`Activity::settled`]), ends as
+/// [`Ended::Parked`] with `conn` still open: hyper holds buffers of some
+/// 30 KiB per connection that an idle one does not need. The watchdog then
+/// looks every `park`, so a connection is parked between `park` and twice
+/// that after its last response.
+///
 /// # Errors
 /// What `conn` ends with.
 pub async fn drive<C, E>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     mut finish: impl FnMut(Pin<&mut C>),
     activity: &Activity,
     limits: Limits,
-    mut drain: watch::Receiver<bool>,
+    drain: &mut watch::Receiver<bool>,
+    park: Option<Duration>,
 ) -> Result<Ended, E>
 where
     C: Future<Output = Result<(), E>>,
 {
-    tokio::pin!(conn);
+    let look = |now: Instant, wake: Instant| match park {
+        Some(p) => wake.min(later(now, p)),
+        None => wake,
+    };
     let first = match next(Phase::Silent, activity.opened, Instant::now(), limits) {
-        Next::Wait(at) => at,
+        Next::Wait(at) => look(Instant::now(), at),
         _ => Instant::now(),
     };
     let sleep = tokio::time::sleep_until(first);
@@ -276,7 +328,12 @@ where
                     }
                 }
                 let wake = match next(phase, since, now, limits) {
-                    Next::Wait(at) => at,
+                    Next::Wait(at) => match park.and_then(|p| park_at(phase, since, p)) {
+                        Some(at) if at <= now && !finished && activity.settled() => {
+                            return Ok(Ended::Parked);
+                        }
+                        _ => look(now, at),
+                    },
                     Next::Close => return Ok(Ended::Expired(phase)),
                     Next::Finish => {
                         if !finished {
@@ -294,6 +351,65 @@ where
             }
         }
     }
+}
+
+/// What ended a [`park`].
+#[derive(Debug)]
+pub enum Woken {
+    /// The client sent this many bytes (at the front of the buffer).
+    Read(usize),
+    /// The connection is over (closed by the client, a deadline, or
+    /// shutdown); the socket has been shut down where it was still open.
+    Ended(Ended),
+}
+
+/// Waits, holding nothing but the socket, for an HTTP/1 connection's next
+/// bytes (read into `buf`), under the same deadlines as [`drive`]: a
+/// silent connection is closed at `client_header`; an idle one, and every
+/// one at shutdown, is finished as hyper finishes an idle connection (the
+/// write side shut down, TLS's close_notify sent).
+///
+/// # Errors
+/// Reading from the socket failed.
+pub async fn park<I>(
+    io: &mut I,
+    buf: &mut [u8],
+    activity: &Activity,
+    limits: Limits,
+    drain: &mut watch::Receiver<bool>,
+) -> io::Result<Woken>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let now = Instant::now();
+        let (phase, since) = activity.phase();
+        let wake = match next(phase, since, now, limits) {
+            Next::Wait(at) => at,
+            Next::Close => return Ok(Woken::Ended(Ended::Expired(phase))),
+            Next::Finish => {
+                finish_parked(io, now, limits).await;
+                return Ok(Woken::Ended(Ended::Expired(phase)));
+            }
+        };
+        let closing = tokio::select! {
+            biased;
+            r = io.read(buf) => match r? {
+                0 => Ended::Done,
+                n => return Ok(Woken::Read(n)),
+            },
+            _ = drain.wait_for(|d| *d) => Ended::Done,
+            () = tokio::time::sleep_until(wake) => continue,
+        };
+        finish_parked(io, now, limits).await;
+        return Ok(Woken::Ended(closing));
+    }
+}
+
+/// Shuts a parked connection's write side down, giving up after
+/// `client_header` (a client that reads nothing cannot hold it).
+async fn finish_parked<I: AsyncWrite + Unpin>(io: &mut I, now: Instant, limits: Limits) {
+    let _ = tokio::time::timeout_at(later(now, limits.client_header), io.shutdown()).await;
 }
 
 /// Graceful shutdown of client connections: each driven connection holds a

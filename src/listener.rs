@@ -6,7 +6,6 @@
 //! `lifecycle.rs`. Accept errors are logged and retried; they never end the
 //! loop.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,19 +15,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::error::Elapsed;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::framing::{Sniffed, Verdicts};
-use crate::lifecycle::{self, Activity, Counted, Drain, Ended, Limits};
-use crate::metrics::OpenConnection;
+use crate::lifecycle::{self, Activity, Counted, Drain, Ended, Limits, Woken};
+use crate::metrics::{Metrics, OpenConnection};
 use crate::passthrough::write_through;
 use crate::proxy_protocol::{self, Refused};
 use crate::service::{self, ConnInfo, Shared};
@@ -176,10 +176,28 @@ async fn accepted(
         activity: Arc::new(Activity::new(opened)),
         drain,
     };
+    // The serving futures and the handshake are boxed: the task keeps the
+    // room its largest state needs for as long as the connection lives, and
+    // an idle connection needs a few hundred bytes of it.
     let Some(acceptor) = tls else {
-        return conn.serve(stream, Http::Sniff).await;
+        return Box::pin(conn.serve(stream, Http::Sniff)).await;
     };
-    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+    let handshake = Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream))).await;
+    if let Some(serve) = handshaken(conn, handshake, &metrics, peer) {
+        serve.await
+    }
+}
+
+/// The connection's serving future after its TLS handshake, or `None`
+/// (counted and logged) if the handshake failed. A function of its own so
+/// the connection's task keeps no room for the stream it hands on.
+fn handshaken(
+    conn: Conn,
+    handshake: Result<io::Result<tokio_rustls::server::TlsStream<Slotted>>, Elapsed>,
+    metrics: &Metrics,
+    peer: SocketAddr,
+) -> Option<Pin<Box<impl std::future::Future<Output = ()> + Send>>> {
+    match handshake {
         Ok(Ok(s)) => {
             metrics.tls_handshake(true);
             if s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
@@ -189,15 +207,17 @@ async fn accepted(
                 Some(b"h2") => Http::H2,
                 _ => Http::H1,
             };
-            conn.serve(s, http).await
+            Some(Box::pin(conn.serve(s, http)))
         }
         Ok(Err(e)) => {
             metrics.tls_handshake(false);
-            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
         }
         Err(_) => {
             metrics.tls_handshake(false);
-            tracing::debug!(%peer, "TLS handshake timed out")
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
         }
     }
 }
@@ -266,8 +286,23 @@ struct Conn {
     drain: watch::Receiver<bool>,
 }
 
+/// The HTTP/2 connection preface (RFC 9113 section 3.4): a plain connection
+/// that opens with it speaks h2c with prior knowledge.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long an HTTP/1 connection idles (its last response sent, nothing
+/// half read) before hyper's state is dropped and only the socket is kept.
+/// Long enough that a client sending request after request never pays for
+/// a fresh hyper connection; short against a browser's minutes of idling.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Conn {
-    async fn serve<I>(self, io: I, http: Http)
+    /// Serves the connection to its end. The setup runs before the future
+    /// is made, so the future holds the wrapped stream once, not also the
+    /// stream it was made from.
+    fn serve<I>(self, io: I, http: Http) -> impl std::future::Future<Output = ()> + Send
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -277,78 +312,277 @@ impl Conn {
             limits,
             max_header_bytes,
             activity,
-            drain,
+            mut drain,
         } = self;
         // Request heads are counted in the order hyper hands them over, which
         // is the order the framing tracker saw them on the wire.
         let verdicts = Arc::new(Verdicts::default());
-        let io = TokioIo::new(Sniffed::new(
-            io,
-            verdicts.clone(),
-            http != Http::H2,
-            activity.clone(),
-        ));
+        let mut io = Sniffed::new(io, verdicts.clone(), http != Http::H2, activity.clone());
+        let metrics = shared.metrics.clone();
         let next = AtomicU64::new(0);
         let counted = activity.clone();
+        // The request's future is not boxed: hyper's slot for it lives in
+        // the connection, which an idle connection drops when it parks, and
+        // boxing would copy its several KiB once more per request.
         let svc = service_fn(move |req| {
             let ambiguous = verdicts.ambiguous(next.fetch_add(1, Ordering::Relaxed));
             let open = counted.open();
-            let handled = service::handle(shared.clone(), info, ambiguous, req);
-            async move {
-                let resp = handled.await?;
-                Ok::<_, Infallible>(resp.map(|body| Counted::new(body, open)))
-            }
+            // A combinator, not an async block: a block would keep room for
+            // the request's future twice, once as captured and once awaited.
+            service::handle(shared.clone(), info, ambiguous, req)
+                .map(move |resp| resp.map(|resp| resp.map(|body| Counted::new(body, open))))
         });
-        // hyper's own head timer runs from when it starts waiting for a
-        // head, idle keep-alive time included: it would end every idle
-        // connection at client_header. The lifecycle deadlines replace it.
-        let ended = match http {
-            Http::Sniff => {
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(None)
-                    .keep_alive(!limits.keepalive.is_zero())
-                    .max_buf_size(max_header_bytes.max(MIN_READ_BUF));
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(max_header_bytes as u32);
-                let conn = builder.serve_connection_with_upgrades(io, svc);
-                lifecycle::drive(conn, |c| c.graceful_shutdown(), &activity, limits, drain).await
-            }
-            Http::H1 => {
-                let mut builder = http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(None)
-                    .keep_alive(!limits.keepalive.is_zero())
-                    .max_buf_size(max_header_bytes.max(MIN_READ_BUF));
-                let conn = builder.serve_connection(io, svc).with_upgrades();
-                lifecycle::drive(conn, |c| c.graceful_shutdown(), &activity, limits, drain)
-                    .await
-                    .map_err(Into::into)
-            }
-            Http::H2 => {
-                let mut builder = http2::Builder::new(TokioExecutor::new());
-                builder
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(max_header_bytes as u32);
-                let conn = builder.serve_connection(io, svc);
-                lifecycle::drive(conn, |c| c.graceful_shutdown(), &activity, limits, drain)
-                    .await
-                    .map_err(Into::into)
-            }
-        };
-        match ended {
-            Ok(Ended::Done) => {}
-            Ok(Ended::Expired(phase)) => {
-                tracing::debug!(peer = %info.peer, ?phase, "connection closed at its deadline")
-            }
-            Err(e) => {
-                tracing::debug!(peer = %info.peer, error = %e, "connection closed with an error")
+        async move {
+            let ctx = Ctx {
+                activity: &activity,
+                metrics: &metrics,
+                limits,
+                max_header_bytes,
+            };
+            let ended: Result<Ended, BoxError> = match http {
+                Http::Sniff => {
+                    // The first bytes choose the protocol; nothing of hyper's
+                    // exists until they arrive.
+                    let mut first = [0u8; H2_PREFACE.len()];
+                    let mut filled = 0;
+                    let sniffed = loop {
+                        let parked = lifecycle::park(
+                            &mut io,
+                            &mut first[filled..],
+                            &activity,
+                            limits,
+                            &mut drain,
+                        )
+                        .await;
+                        match parked {
+                            Ok(Woken::Read(n)) => filled += n,
+                            Ok(Woken::Ended(e)) => break Err(Ok(e)),
+                            Err(e) => break Err(Err(e.into())),
+                        }
+                        if first[..filled] != H2_PREFACE[..filled] {
+                            break Ok(Http::H1);
+                        }
+                        if filled == H2_PREFACE.len() {
+                            break Ok(Http::H2);
+                        }
+                    };
+                    let first = Bytes::copy_from_slice(&first[..filled]);
+                    match sniffed {
+                        Ok(Http::H2) => serve_h2(io, first, svc, ctx, drain).await,
+                        Ok(_) => serve_h1(io, first, svc, ctx, drain).await,
+                        Err(ended) => ended,
+                    }
+                }
+                Http::H1 => serve_h1(io, Bytes::new(), svc, ctx, drain).await,
+                Http::H2 => serve_h2(io, Bytes::new(), svc, ctx, drain).await,
+            };
+            match ended {
+                Ok(Ended::Done | Ended::Parked) => {}
+                Ok(Ended::Expired(phase)) => {
+                    tracing::debug!(peer = %info.peer, ?phase, "connection closed at its deadline")
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %info.peer, error = %e, "connection closed with an error")
+                }
             }
         }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    activity: &'a Arc<Activity>,
+    metrics: &'a Arc<Metrics>,
+    limits: Limits,
+    max_header_bytes: usize,
+}
+
+/// Serves HTTP/1.x: hyper while requests come, and while the connection
+/// idles (after [`PARK_AFTER`]) only the socket, waiting for the next
+/// bytes without hyper's buffers; then a fresh hyper connection carries on
+/// from those bytes. hyper's own head timer runs from when it starts
+/// waiting for a head, idle keep-alive time included: it would end every
+/// idle connection at client_header. The lifecycle deadlines replace it.
+///
+/// Not an `async fn`: one would keep each argument twice, as passed and as
+/// moved into its body, for as long as the connection lives.
+fn serve_h1<'a, I, S>(
+    mut io: Sniffed<I>,
+    mut first: Bytes,
+    mut svc: S,
+    ctx: Ctx<'a>,
+    mut drain: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = Result<Ended, BoxError>> + Send + 'a
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Counted<crate::body::Body>>
+        + Unpin
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    let Ctx {
+        activity,
+        metrics,
+        limits,
+        max_header_bytes,
+    } = ctx;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(!limits.keepalive.is_zero())
+        .max_buf_size(max_header_bytes.max(MIN_READ_BUF));
+    async move {
+        loop {
+            let replay = Replay {
+                first,
+                io,
+                activity: activity.clone(),
+            };
+            let mut conn = Box::pin(
+                builder
+                    .serve_connection(TokioIo::new(replay), svc)
+                    .with_upgrades(),
+            );
+            let park = (!limits.keepalive.is_zero()).then_some(PARK_AFTER);
+            let finish = |c: Pin<&mut _>| {
+                hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(c)
+            };
+            match lifecycle::drive(conn.as_mut(), finish, activity, limits, &mut drain, park)
+                .await?
+            {
+                Ended::Parked => {}
+                ended => return Ok(ended),
+            }
+            let Some((back, service, unread)) = take_apart(conn) else {
+                return Ok(Ended::Done);
+            };
+            (io, svc, first) = (back, service, unread);
+            if first.is_empty() {
+                crate::release::freed();
+                let _parked = metrics.parked();
+                let mut buf = [0u8; H2_PREFACE.len()];
+                match lifecycle::park(&mut io, &mut buf, activity, limits, &mut drain).await? {
+                    Woken::Read(n) => first = Bytes::copy_from_slice(&buf[..n]),
+                    Woken::Ended(e) => return Ok(e),
+                }
+            }
+        }
+    }
+}
+
+/// Takes a parked HTTP/1 connection apart: the stream, the service, and
+/// the bytes read and not yet used (hyper's first, then any it never read).
+/// A function of its own so the serving future keeps none of the parts.
+fn take_apart<I, S>(
+    conn: Pin<Box<http1::UpgradeableConnection<TokioIo<Replay<Sniffed<I>>>, S>>>,
+) -> Option<(Sniffed<I>, S, Bytes)>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Counted<crate::body::Body>>
+        + Unpin,
+{
+    let parts = Pin::into_inner(conn).into_parts()?;
+    let replay = parts.io.into_inner();
+    let first = match (parts.read_buf.is_empty(), replay.first.is_empty()) {
+        (true, _) => replay.first,
+        (false, true) => parts.read_buf,
+        (false, false) => [parts.read_buf, replay.first].concat().into(),
+    };
+    Some((replay.io, parts.service, first))
+}
+
+async fn serve_h2<I, S>(
+    io: Sniffed<I>,
+    first: Bytes,
+    svc: S,
+    ctx: Ctx<'_>,
+    mut drain: watch::Receiver<bool>,
+) -> Result<Ended, BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Counted<crate::body::Body>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    let Ctx {
+        activity,
+        limits,
+        max_header_bytes,
+        ..
+    } = ctx;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_bytes as u32);
+    let replay = Replay {
+        first,
+        io,
+        activity: activity.clone(),
+    };
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(replay), svc));
+    let finish = |c: Pin<&mut _>| hyper::server::conn::http2::Connection::graceful_shutdown(c);
+    Ok(lifecycle::drive(conn.as_mut(), finish, activity, limits, &mut drain, None).await?)
+}
+
+/// The stream hyper reads and writes: `first` (bytes read before hyper
+/// was there: the protocol sniff, a parked connection's wake-up) comes
+/// before the socket's; writes are reported to the [`Activity`], so a
+/// connection is parked only once hyper has flushed all it wrote.
+struct Replay<I> {
+    first: Bytes,
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Replay<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first[..n]);
+            self.first.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Replay<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.activity.wrote();
+        Pin::new(&mut self.io).poll_write(cx, b)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.activity.wrote();
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) {
+            self.activity.flushed();
+        }
+        flushed
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

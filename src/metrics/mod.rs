@@ -48,6 +48,9 @@ pub const BACKEND_INFO: &str = "tether_backend_info";
 pub const HEALTH_CHECKS_TOTAL: &str = "tether_health_checks_total";
 /// Gauge: client connections open now.
 pub const OPEN_CONNECTIONS: &str = "tether_open_connections";
+/// Gauge: idle client connections parked (their HTTP state given up, only
+/// the socket kept); counted in `tether_open_connections` too.
+pub const PARKED_CONNECTIONS: &str = "tether_parked_connections";
 /// Counter: TLS handshakes attempted (successful or not).
 pub const TLS_HANDSHAKES_TOTAL: &str = "tether_tls_handshakes_total";
 /// Counter: TLS handshakes that failed or timed out.
@@ -243,6 +246,7 @@ pub struct Metrics {
     session_events: [AtomicU64; SessionEvent::ALL.len()],
     pins_lost: [AtomicU64; PinLost::ALL.len()],
     open_connections: AtomicI64,
+    parked_connections: AtomicI64,
     tls_handshakes: AtomicU64,
     tls_resumed: AtomicU64,
     tls_failures: AtomicU64,
@@ -277,6 +281,7 @@ impl Metrics {
             session_events: Default::default(),
             pins_lost: Default::default(),
             open_connections: AtomicI64::new(0),
+            parked_connections: AtomicI64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_resumed: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
@@ -373,6 +378,12 @@ impl Metrics {
     pub fn open_connection(self: &Arc<Self>) -> OpenConnection {
         self.connection_opened();
         OpenConnection(Arc::clone(self))
+    }
+
+    /// Counts a connection as parked until the returned guard drops.
+    pub fn parked(self: &Arc<Self>) -> Parked {
+        self.parked_connections.fetch_add(1, Ordering::Relaxed);
+        Parked(Arc::clone(self))
     }
 
     /// Counts one TLS handshake attempt and, when `ok` is false, one failure.
@@ -478,6 +489,17 @@ pub struct OpenConnection(Arc<Metrics>);
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.connection_closed();
+    }
+}
+
+/// Holds one connection in `tether_parked_connections`; see
+/// [`Metrics::parked`].
+#[derive(Debug)]
+pub struct Parked(Arc<Metrics>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.parked_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -64,6 +64,14 @@ impl Metrics {
             "Client connections open now.",
             &open.to_string(),
         );
+        let parked = self.parked_connections.load(Ordering::Relaxed);
+        scalar(
+            o,
+            PARKED_CONNECTIONS,
+            "gauge",
+            "Idle client connections holding only their socket (HTTP/1 state given up until the next request).",
+            &parked.to_string(),
+        );
     }
 
     /// Responses by backend and class, then the `backend="-"` row.

@@ -436,3 +436,74 @@ async fn alpn_picks_the_protocol_on_tls_not_the_first_bytes() {
     );
     assert_eq!(a.hits(), 1);
 }
+
+fn with_admin(toml: String) -> String {
+    toml + "\n[admin]\nbind = \"127.0.0.1:0\"\n"
+}
+
+/// Waits until `tether_parked_connections` reads `n`.
+async fn parked(t: &Tether, n: u32) {
+    let adm = t.running().admin_addr().expect("admin listener");
+    let want = format!("tether_parked_connections {n}");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let (_, body) = admin(adm, "GET", "/metrics", None).await;
+        if body.lines().any(|l| l == want) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never saw {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keepalive_connection_is_parked_and_serves_on_from_its_next_bytes() {
+    // A connection idle past a second gives hyper's state up and keeps only
+    // the socket; the next request, pipelined ones included, is served by a
+    // fresh hyper connection, and the parked one still ends at keepalive.
+    let a = Backend::start("app1").await;
+    let t = Tether::start(&with_admin(plain(
+        &a,
+        "client_header = \"300ms\"\nkeepalive = \"4s\"",
+        "",
+    )))
+    .await;
+    let mut tcp = TcpStream::connect(t.addr()).await.unwrap();
+    tcp.write_all(GET).await.unwrap();
+    assert!(read_response(&mut tcp).await.starts_with("HTTP/1.1 200"));
+    parked(&t, 1).await;
+    // Two requests in one write, the second split from the first's end.
+    let two = [GET, GET].concat();
+    tcp.write_all(&two[..GET.len() + 3]).await.unwrap();
+    assert!(read_response(&mut tcp).await.starts_with("HTTP/1.1 200"));
+    parked(&t, 0).await;
+    tcp.write_all(&two[GET.len() + 3..]).await.unwrap();
+    assert!(read_response(&mut tcp).await.starts_with("HTTP/1.1 200"));
+    parked(&t, 1).await;
+    tcp.write_all(GET).await.unwrap();
+    assert!(read_response(&mut tcp).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(a.hits(), 4);
+}
+
+#[tokio::test]
+async fn a_parked_connection_still_ends_at_keepalive() {
+    let a = Backend::start("app1").await;
+    let t = Tether::start(&with_admin(plain(
+        &a,
+        "client_header = \"300ms\"\nkeepalive = \"1500ms\"",
+        "",
+    )))
+    .await;
+    let mut tcp = TcpStream::connect(t.addr()).await.unwrap();
+    tcp.write_all(GET).await.unwrap();
+    assert!(read_response(&mut tcp).await.starts_with("HTTP/1.1 200"));
+    let idle = Instant::now();
+    parked(&t, 1).await;
+    closed_after(&mut tcp, "parked connection").await;
+    let lasted = idle.elapsed();
+    assert!(
+        lasted >= Duration::from_millis(1400) && lasted < Duration::from_millis(2500),
+        "closed {lasted:?} after going idle, keepalive is 1.5s"
+    );
+    parked(&t, 0).await;
+}
