@@ -299,6 +299,7 @@ fn output_parses_with_help_and_type_and_no_duplicates() {
         BACKEND_INFO,
         HEALTH_CHECKS_TOTAL,
         OPEN_CONNECTIONS,
+        PARKED_CONNECTIONS,
         TLS_HANDSHAKES_TOTAL,
         TLS_HANDSHAKE_FAILURES_TOTAL,
         STORE_FULL_TOTAL,
@@ -483,6 +484,9 @@ tether_uptime_seconds 1.5
 # HELP tether_open_connections Client connections open now.
 # TYPE tether_open_connections gauge
 tether_open_connections 1
+# HELP tether_parked_connections Idle client connections holding only their socket (HTTP/1 state given up until the next request).
+# TYPE tether_parked_connections gauge
+tether_parked_connections 0
 # HELP tether_requests_total Responses sent to clients, by backend ("-": answered by tether) and status class.
 # TYPE tether_requests_total counter
 tether_requests_total{backend="app-1",class="1xx"} 0
