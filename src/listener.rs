@@ -268,6 +268,10 @@ impl AsyncRead for Slotted {
             let n = self.first.len().min(buf.remaining());
             buf.put_slice(&self.first[..n]);
             self.first.advance(n);
+            if self.first.is_empty() {
+                // Its allocation goes with it, not with the connection.
+                self.first = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -289,6 +293,10 @@ struct Conn {
 /// The HTTP/2 connection preface (RFC 9113 section 3.4): a plain connection
 /// that opens with it speaks h2c with prior knowledge.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Room for a plain connection's first read: a whole request head, most
+/// often, which hyper then parses without reading the socket again.
+const FIRST_READ: usize = 4096;
 
 /// How long an HTTP/1 connection idles (its last response sent, nothing
 /// half read) before hyper's state is dropped and only the socket is kept.
@@ -342,8 +350,10 @@ impl Conn {
             let ended: Result<Ended, BoxError> = match http {
                 Http::Sniff => {
                     // The first bytes choose the protocol; nothing of hyper's
-                    // exists until they arrive.
-                    let mut first = [0u8; H2_PREFACE.len()];
+                    // exists until they arrive. They are read into room for
+                    // a whole request head, so hyper usually finds the
+                    // request there and needs no read of its own.
+                    let mut first = vec![0u8; FIRST_READ];
                     let mut filled = 0;
                     let sniffed = loop {
                         let parked = lifecycle::park(
@@ -359,14 +369,16 @@ impl Conn {
                             Ok(Woken::Ended(e)) => break Err(Ok(e)),
                             Err(e) => break Err(Err(e.into())),
                         }
-                        if first[..filled] != H2_PREFACE[..filled] {
+                        let seen = filled.min(H2_PREFACE.len());
+                        if first[..seen] != H2_PREFACE[..seen] {
                             break Ok(Http::H1);
                         }
-                        if filled == H2_PREFACE.len() {
+                        if seen == H2_PREFACE.len() {
                             break Ok(Http::H2);
                         }
                     };
-                    let first = Bytes::copy_from_slice(&first[..filled]);
+                    first.truncate(filled);
+                    let first = Bytes::from(first);
                     match sniffed {
                         Ok(Http::H2) => serve_h2(io, first, svc, ctx, drain).await,
                         Ok(_) => serve_h1(io, first, svc, ctx, drain).await,
@@ -552,6 +564,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Replay<I> {
             let n = self.first.len().min(buf.remaining());
             buf.put_slice(&self.first[..n]);
             self.first.advance(n);
+            if self.first.is_empty() {
+                // Its allocation goes with it, not with the connection.
+                self.first = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
