@@ -207,7 +207,9 @@ fn handshaken(
                 Some(b"h2") => Http::H2,
                 _ => Http::H1,
             };
-            Some(Box::pin(conn.serve(s, http)))
+            // The stream is boxed too: the serving futures keep room for
+            // it at each level, and rustls's state is over a KiB.
+            Some(Box::pin(conn.serve(Box::new(s), http)))
         }
         Ok(Err(e)) => {
             metrics.tls_handshake(false);

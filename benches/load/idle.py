@@ -88,7 +88,7 @@ def start_proxy(args, work, proxy, ports, tag):
         return p, {"plain": (v["COOKIE_PLAIN"], False), "tls": (v["COOKIE_TLS"], True),
                    "ws": (v["COOKIE_PLAIN"], False)}, cookie
     if proxy == "nginx-hash":
-        v = {k: free_port() for k in ("HASH_PLAIN", "HASH_TLS", "RR_PLAIN")}
+        v = {k: free_port() for k in ("HASH_PLAIN", "HASH_TLS", "HASH_TLS_FULL", "RR_PLAIN")}
         ngx = os.path.join(work, f"nginx-{tag}")
         os.makedirs(ngx, exist_ok=True)
         v.update({"WORK": ngx, "ROOT": ROOT, "B1": ports[0], "B2": ports[1], "B3": ports[2]})
@@ -201,7 +201,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=4000)
     ap.add_argument("--warm", type=int, default=100)
-    ap.add_argument("--settle", type=float, default=1.0)
+    ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--only", default="", help="regex over PROXY:KIND (e.g. 'tether:plain')")
     ap.add_argument("--tether", required=True)
