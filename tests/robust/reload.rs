@@ -165,11 +165,18 @@ async fn backend_names_churn_without_limit_across_reloads() {
         }
         // New sessions: most land on the pods; half of those are abandoned
         // (their records stay in the store, pinned to names about to go).
+        // None on the first churn's names, which the last reload brings
+        // back: a name that returns while a request in flight still holds
+        // its old backend (some here take over a second) keeps its id and
+        // the live sessions pinned to it, which then rightly count; once
+        // nothing holds it, they are forgotten with its id. Which of the
+        // two happens is timing.
+        let abandon = generation != 1;
         let mut abandoned = 0;
         for i in 0..8 {
             let (s, home) = stored_session(addr).await;
             match home.as_str() {
-                "pods" if i % 2 == 0 => abandoned += 1,
+                "pods" if abandon && i % 2 == 0 => abandoned += 1,
                 "pods" => next_orphans.push(s),
                 _ => kept.push((s, home)),
             }
