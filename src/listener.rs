@@ -493,9 +493,7 @@ type H1<I, S> = http1::UpgradeableConnection<TokioIo<Replay<Sniffed<I>>>, S>;
 /// Takes a parked HTTP/1 connection apart: the stream, the service, and
 /// the bytes read and not yet used (hyper's first, then any it never read).
 /// A function of its own so the serving future keeps none of the parts.
-fn take_apart<I, S>(
-    conn: Pin<Box<H1<I, S>>>,
-) -> Option<(Sniffed<I>, S, Bytes)>
+fn take_apart<I, S>(conn: Pin<Box<H1<I, S>>>) -> Option<(Sniffed<I>, S, Bytes)>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Counted<crate::body::Body>>
