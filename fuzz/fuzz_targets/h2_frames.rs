@@ -20,8 +20,8 @@
 //! what was sent, which streams tether finished, and how long each step took.
 //!
 //! Once per process: a tokio runtime, a demo backend and a real in-process tether from
-//! `tether::server::start` on 127.0.0.1:0 (plain listener: hyper-util's auto builder serves
-//! a connection that opens with the HTTP/2 preface as h2c). Per input, on a fresh TCP
+//! `tether::server::start` on 127.0.0.1:0 (plain listener: a connection that opens with the
+//! HTTP/2 preface is served as h2c). Per input, on a fresh TCP
 //! connection: the client preface, an opening SETTINGS (empty, fuzzed, or none), then the
 //! frames the input describes (below), optionally a wait for the answers to the complete
 //! requests it sent, then a half-close and the rest of tether's answer. Checked:
