@@ -26,15 +26,7 @@ fn main() -> ExitCode {
         }
     };
     tether::log::init(c.log.format == tether::config::LogFormat::Json);
-    let mut b = match c.runtime.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    let rt = match b.enable_all().build() {
+    let rt = match tether::server::runtime(c.runtime.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tether: cannot start the runtime: {e}");

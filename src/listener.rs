@@ -266,14 +266,7 @@ impl AsyncRead for Slotted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.first.is_empty() {
-            let n = self.first.len().min(buf.remaining());
-            buf.put_slice(&self.first[..n]);
-            self.first.advance(n);
-            if self.first.is_empty() {
-                // Its allocation goes with it, not with the connection.
-                self.first = Bytes::new();
-            }
+        if replay(&mut self.first, buf) {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -281,6 +274,22 @@ impl AsyncRead for Slotted {
 }
 
 write_through!([] Slotted, io);
+
+/// Hands bytes read earlier (`first`) to a reader before the socket's;
+/// false once there are none. The emptied buffer's allocation is let go at
+/// once, not kept with the connection.
+fn replay(first: &mut Bytes, buf: &mut ReadBuf<'_>) -> bool {
+    if first.is_empty() {
+        return false;
+    }
+    let n = first.len().min(buf.remaining());
+    buf.put_slice(&first[..n]);
+    first.advance(n);
+    if first.is_empty() {
+        *first = Bytes::new();
+    }
+    true
+}
 
 /// One accepted connection, ready to be served.
 struct Conn {
@@ -560,14 +569,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Replay<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.first.is_empty() {
-            let n = self.first.len().min(buf.remaining());
-            buf.put_slice(&self.first[..n]);
-            self.first.advance(n);
-            if self.first.is_empty() {
-                // Its allocation goes with it, not with the connection.
-                self.first = Bytes::new();
-            }
+        if replay(&mut self.first, buf) {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)

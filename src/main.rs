@@ -57,20 +57,6 @@ fn release() {
     };
 }
 
-/// `worker_threads = 1` gets tokio's current-thread scheduler: with one
-/// worker there is nobody to steal work from, and the multi-thread
-/// scheduler's cross-thread wake-ups were 8.5% of a load profile.
-fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = match workers {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if workers > 1 {
-        b.worker_threads(workers);
-    }
-    b.enable_all().build()
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tether::release::set(release);
@@ -105,7 +91,7 @@ fn main() -> ExitCode {
                 }
             };
             tether::log::init(c.log.format == tether::config::LogFormat::Json);
-            let rt = match runtime(c.runtime.worker_threads) {
+            let rt = match tether::server::runtime(c.runtime.worker_threads) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("tether: cannot start the runtime: {e}");
@@ -129,7 +115,7 @@ fn main() -> ExitCode {
         }
         Command::Demo => {
             tether::log::init(false);
-            let rt = match runtime(0) {
+            let rt = match tether::server::runtime(0) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("tether: cannot start the runtime: {e}");

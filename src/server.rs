@@ -382,6 +382,23 @@ pub async fn run(
     Ok(())
 }
 
+/// `worker_threads = 1` gets tokio's current-thread scheduler: with one
+/// worker there is nobody to steal work from, and the multi-thread
+/// scheduler's cross-thread wake-ups were 8.5% of a load profile.
+///
+/// # Errors
+/// The OS refused a thread or the I/O driver.
+pub fn runtime(workers: usize) -> io::Result<tokio::runtime::Runtime> {
+    let mut b = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if workers > 1 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
 /// Yields on every SIGHUP.
 pub fn hangup_signals() -> tokio::sync::mpsc::Receiver<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
