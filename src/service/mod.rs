@@ -25,6 +25,7 @@ use crate::hygiene;
 use crate::metrics::{Metrics, PinLost, SessionEvent};
 use crate::session::cookie::{find_cookie, Claims, SessionId};
 use crate::session::decide::{self, Decision, Gone, PinLoss, Presented, Route, Write};
+use crate::session::memo::CookieMemo;
 use crate::session::source::{app_key, learned_key, KeySource};
 use crate::session::{Control, Pin, SessionState};
 use crate::snapshot::Snapshot;
@@ -120,12 +121,13 @@ enum Sess {
 }
 
 /// Serves one request. Never fails: errors become the SPEC's status codes.
-/// `ambiguous`: the framing tracker saw both Content-Length and
-/// Transfer-Encoding on this request's head (see `framing.rs`); `hygiene.rs`
-/// refuses it.
+/// `memo`: the connection's last verified tether cookie. `ambiguous`: the
+/// framing tracker saw both Content-Length and Transfer-Encoding on this
+/// request's head (see `framing.rs`); `hygiene.rs` refuses it.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
+    memo: Arc<CookieMemo>,
     ambiguous: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
@@ -142,7 +144,7 @@ pub async fn handle(
     // whether it speaks to a gRPC client.
     let grpc = error::is_grpc(req.headers());
     let outcome = match hygiene::check(&req, snap.max_header_bytes, ambiguous) {
-        Ok(()) => proxy(&shared, &snap, conn, req).await,
+        Ok(()) => proxy(&shared, &snap, conn, &memo, req).await,
         Err(e) => Err((e, None)),
     };
     let (resp, backend, state, status) = match outcome {
@@ -234,6 +236,7 @@ async fn proxy<'s>(
     shared: &Shared,
     snap: &'s Snapshot,
     conn: ConnInfo,
+    memo: &CookieMemo,
     mut req: Request<Incoming>,
 ) -> Result<Done, (ProxyError, Option<&'s Arc<Backend>>)> {
     let now = shared.clock.now_ms();
@@ -241,7 +244,9 @@ async fn proxy<'s>(
     // the request path awaits the planning and sending steps directly.
     let planned = match &snap.source {
         _ if !snap.sticky => None,
-        KeySource::Cookie(name) => Some(cookie_plan(shared, snap, conn, &req, name, now).await),
+        KeySource::Cookie(name) => {
+            Some(cookie_plan(shared, snap, conn, memo, &req, name, now).await)
+        }
         _ => Some(app_plan(shared, snap, conn, &req, now).await),
     };
     let mut plan = if let Some(planned) = planned {
