@@ -87,12 +87,27 @@ impl Clock {
     #[inline]
     pub fn now_ms(&self) -> u64 {
         match &self.0 {
-            Inner::System { base_ms, start } => base_ms + start.elapsed().as_millis() as u64,
+            // A manual clock reads no machine clock at all.
+            Inner::Manual(now) => now.load(Ordering::SeqCst),
+            _ => self.ms_at(Instant::now()),
+        }
+    }
+
+    /// The time at `t`, an instant the caller read from the monotonic clock
+    /// (at or after this clock was made), in unix milliseconds: what
+    /// [`Clock::now_ms`] would have said then. A request reads the machine's
+    /// clock once and lets that read serve several uses. A manual clock
+    /// ignores `t`: it says what it was told.
+    #[inline]
+    pub fn ms_at(&self, t: Instant) -> u64 {
+        let since = |start: &Instant| t.saturating_duration_since(*start).as_millis() as u64;
+        match &self.0 {
+            Inner::System { base_ms, start } => base_ms + since(start),
             Inner::Stepped {
                 base_ms,
                 start,
                 steps,
-            } => base_ms + start.elapsed().as_millis() as u64 + steps.load(Ordering::SeqCst),
+            } => base_ms + since(start) + steps.load(Ordering::SeqCst),
             Inner::Manual(now) => now.load(Ordering::SeqCst),
         }
     }
@@ -101,6 +116,7 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn system_clock_is_near_wall_time_and_monotonic() {
@@ -141,6 +157,33 @@ mod tests {
         let before = s.now_ms();
         s.advance_ms(3_600_000);
         assert!(s.now_ms() - before < 1_000);
+    }
+
+    #[test]
+    fn one_read_of_the_machine_clock_says_what_now_ms_would_have() {
+        let start = Instant::now();
+        let real = Clock::system();
+        let stepped = Clock::with_wall(|| 1_700_000_000_000);
+        stepped.advance_ms(250);
+        let manual = Clock::manual(1000);
+        // Between two reads of now_ms, ms_at of an instant read between them
+        // lies between them too; a manual clock ignores the instant.
+        for c in [&real, &stepped] {
+            let before = c.now_ms();
+            let t = Instant::now();
+            let after = c.now_ms();
+            let at = c.ms_at(t);
+            assert!(before <= at && at <= after, "{before} <= {at} <= {after}");
+            assert_eq!(c.ms_at(t), at, "the same instant, the same time");
+            assert!(c.ms_at(t + Duration::from_millis(1500)) - at >= 1499);
+        }
+        assert_eq!(manual.ms_at(start), 1000);
+        assert_eq!(manual.ms_at(Instant::now() + Duration::from_secs(9)), 1000);
+        // An instant before the clock was made counts as its start.
+        assert_eq!(
+            real.ms_at(start),
+            real.ms_at(start - Duration::from_millis(5))
+        );
     }
 
     #[test]

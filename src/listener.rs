@@ -32,6 +32,7 @@ use crate::metrics::{Metrics, OpenConnection};
 use crate::passthrough::write_through;
 use crate::proxy_protocol::{self, Refused};
 use crate::service::{self, ConnInfo, Shared};
+use crate::session::memo::CookieMemo;
 
 /// hyper refuses read buffers under 8 KiB; smaller `max_header_bytes` are
 /// enforced in the service instead.
@@ -340,6 +341,10 @@ impl Conn {
         let metrics = shared.metrics.clone();
         let next = AtomicU64::new(0);
         let counted = activity.clone();
+        // The connection's last verified cookie: kept while requests come,
+        // forgotten when the connection parks.
+        let memo = Arc::new(CookieMemo::default());
+        let remembered = memo.clone();
         // The request's future is not boxed: hyper's slot for it lives in
         // the connection, which an idle connection drops when it parks, and
         // boxing would copy its several KiB once more per request.
@@ -348,13 +353,14 @@ impl Conn {
             let open = counted.open();
             // A combinator, not an async block: a block would keep room for
             // the request's future twice, once as captured and once awaited.
-            service::handle(shared.clone(), info, ambiguous, req)
+            service::handle(shared.clone(), info, remembered.clone(), ambiguous, req)
                 .map(move |resp| resp.map(|resp| resp.map(|body| Counted::new(body, open))))
         });
         async move {
             let ctx = Ctx {
                 activity: &activity,
                 metrics: &metrics,
+                memo: &memo,
                 limits,
                 max_header_bytes,
             };
@@ -416,6 +422,7 @@ impl Conn {
 struct Ctx<'a> {
     activity: &'a Arc<Activity>,
     metrics: &'a Arc<Metrics>,
+    memo: &'a CookieMemo,
     limits: Limits,
     max_header_bytes: usize,
 }
@@ -448,6 +455,7 @@ where
     let Ctx {
         activity,
         metrics,
+        memo,
         limits,
         max_header_bytes,
     } = ctx;
@@ -484,6 +492,7 @@ where
             };
             (io, svc, first) = (back, service, unread);
             if first.is_empty() {
+                memo.forget();
                 crate::release::freed();
                 let _parked = metrics.parked();
                 let mut buf = [0u8; H2_PREFACE.len()];

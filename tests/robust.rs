@@ -18,3 +18,6 @@ mod sessions;
 
 #[path = "robust/reload.rs"]
 mod reload;
+
+#[path = "robust/cookies.rs"]
+mod cookies;

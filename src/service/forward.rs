@@ -50,11 +50,26 @@ pub(super) fn outbound(
     }
 }
 
-/// Counts an attempt on `b`; when it started.
+/// Counts an attempt on `b`; when it started: `read`, a clock read the
+/// caller made with nothing but CPU work since (see [`plans_at_once`]), or
+/// else now.
 #[inline]
-pub(super) fn attempt(b: &Backend) -> Instant {
+pub(super) fn attempt(b: &Backend, read: Option<Instant>) -> Instant {
     b.requests.fetch_add(1, Ordering::Relaxed);
-    Instant::now()
+    read.unwrap_or_else(Instant::now)
+}
+
+/// Whether a request's session is planned without waiting on anything: in
+/// rotate mode, or on the memory store, whose calls return at once. Then
+/// the instant the request arrived stands for the start of its first
+/// attempt: microseconds of CPU work lie between them (the cookie, the
+/// store's map, the headers), far inside the latency histogram's finest
+/// bucket (1 ms), and a second read of the clock would only measure them.
+/// A Redis store's round trip lies between them otherwise: the attempt
+/// reads the clock itself, and the backend's latency stays its own.
+#[inline]
+pub(super) fn plans_at_once(sticky: bool, memory_store: bool) -> bool {
+    !sticky || memory_store
 }
 
 /// A response head came back from `b`.
@@ -94,7 +109,7 @@ pub(super) async fn retry<'s>(
     tracing::warn!(backend = &*b.name, peer = %conn.peer, error = %err, "retrying on the next backend");
     move_after_retry(shared, snap, plan, next, &mut r, now).await;
     let b = &snap.backends[plan.backend];
-    let sent_at = attempt(b);
+    let sent_at = attempt(b, None);
     let sent = snap.upstreams[plan.backend]
         .send(
             r,
@@ -264,5 +279,24 @@ pub(super) async fn move_after_retry(
             shared.store.repin(*k, b.id, now).await;
         }
         Sess::App { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plans_at_once;
+
+    #[test]
+    fn the_arrival_starts_the_first_attempt_only_when_planning_waits_on_nothing() {
+        // (sticky, memory store) -> the arrival's clock read stands for the attempt's start
+        let table = [
+            (false, true, true),
+            (false, false, true),
+            (true, true, true),
+            (true, false, false),
+        ];
+        for (sticky, memory, want) in table {
+            assert_eq!(plans_at_once(sticky, memory), want, "{sticky} {memory}");
+        }
     }
 }

@@ -25,6 +25,7 @@ use crate::hygiene;
 use crate::metrics::{Metrics, PinLost, SessionEvent};
 use crate::session::cookie::{find_cookie, Claims, SessionId};
 use crate::session::decide::{self, Decision, Gone, PinLoss, Presented, Route, Write};
+use crate::session::memo::CookieMemo;
 use crate::session::source::{app_key, learned_key, KeySource};
 use crate::session::{Control, Pin, SessionState};
 use crate::snapshot::Snapshot;
@@ -35,7 +36,7 @@ use crate::upstream::{Failure, Lease, Replay, SendError};
 mod forward;
 mod plan;
 
-use forward::{attempt, delivered, outbound, retry, Outbound};
+use forward::{attempt, delivered, outbound, plans_at_once, retry, Outbound};
 use plan::{app_plan, commit, cookie_plan};
 
 /// What every request shares: the current snapshot, the store, the clock.
@@ -120,29 +121,30 @@ enum Sess {
 }
 
 /// Serves one request. Never fails: errors become the SPEC's status codes.
-/// `ambiguous`: the framing tracker saw both Content-Length and
-/// Transfer-Encoding on this request's head (see `framing.rs`); `hygiene.rs`
-/// refuses it.
+/// `memo`: the connection's last verified tether cookie. `ambiguous`: the
+/// framing tracker saw both Content-Length and Transfer-Encoding on this
+/// request's head (see `framing.rs`); `hygiene.rs` refuses it.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
+    memo: Arc<CookieMemo>,
     ambiguous: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let snap = shared.snapshot.load_full();
-    // Clock reads and copies only when the access log wants them.
-    let log = snap.access_log.then(|| {
-        (
-            req.method().clone(),
-            req.uri().path().to_owned(),
-            Instant::now(),
-        )
-    });
+    // One read of the machine's clock serves the access log's start, the
+    // session clock and, where nothing waits in between, the first
+    // attempt's start (see `proxy`).
+    let arrived = Instant::now();
+    // Copies only when the access log wants them.
+    let log = snap
+        .access_log
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     // The request is gone once proxied; an error answer still needs to know
     // whether it speaks to a gRPC client.
     let grpc = error::is_grpc(req.headers());
     let outcome = match hygiene::check(&req, snap.max_header_bytes, ambiguous) {
-        Ok(()) => proxy(&shared, &snap, conn, req).await,
+        Ok(()) => proxy(&shared, &snap, conn, &memo, arrived, req).await,
         Err(e) => Err((e, None)),
     };
     let (resp, backend, state, status) = match outcome {
@@ -177,7 +179,7 @@ pub async fn handle(
     if let Some(state) = state {
         shared.metrics.session(event_of(state));
     }
-    if let Some((method, path, started)) = log {
+    if let Some((method, path)) = log {
         tracing::info!(
             target: "tether::access",
             client = %conn.peer.ip(),
@@ -186,7 +188,7 @@ pub async fn handle(
             status,
             backend = backend.as_ref().map_or("-", |b| &*b.name),
             session = state.map_or("-", SessionState::as_str),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = arrived.elapsed().as_secs_f64() * 1000.0,
         );
     }
     Ok(resp)
@@ -229,19 +231,24 @@ fn count_pin_lost(shared: &Shared, snap: &Snapshot, lost: PinLoss, to: usize) {
 }
 
 /// Routes one request that passed hygiene, sends it, and carries the
-/// session's outcome back on the response.
+/// session's outcome back on the response. `arrived`: when `handle` took
+/// the request, the one clock read the session clock is judged by.
 async fn proxy<'s>(
     shared: &Shared,
     snap: &'s Snapshot,
     conn: ConnInfo,
+    memo: &CookieMemo,
+    arrived: Instant,
     mut req: Request<Incoming>,
 ) -> Result<Done, (ProxyError, Option<&'s Arc<Backend>>)> {
-    let now = shared.clock.now_ms();
+    let now = shared.clock.ms_at(arrived);
     // Each async layer is a future moved whole into its caller's state, so
     // the request path awaits the planning and sending steps directly.
     let planned = match &snap.source {
         _ if !snap.sticky => None,
-        KeySource::Cookie(name) => Some(cookie_plan(shared, snap, conn, &req, name, now).await),
+        KeySource::Cookie(name) => {
+            Some(cookie_plan(shared, snap, conn, memo, &req, name, now).await)
+        }
         _ => Some(app_plan(shared, snap, conn, &req, now).await),
     };
     let mut plan = if let Some(planned) = planned {
@@ -259,7 +266,8 @@ async fn proxy<'s>(
     };
     let client_upgrade = headers::wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let Outbound { req, replay, watch } = outbound(snap, conn, req, plan.state);
-    let sent_at = attempt(&snap.backends[plan.backend]);
+    let at_once = plans_at_once(snap.sticky, matches!(shared.store, Store::Memory(_)));
+    let sent_at = attempt(&snap.backends[plan.backend], at_once.then_some(arrived));
     let sent = snap.upstreams[plan.backend]
         .send(
             req,

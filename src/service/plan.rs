@@ -40,11 +40,13 @@ impl decide::Table for View<'_> {
     }
 }
 
-/// A session carried by tether's own cookie.
+/// A session carried by tether's own cookie; `memo` spares verifying the
+/// cookie the connection presented last.
 pub(super) async fn cookie_plan(
     shared: &Shared,
     snap: &Snapshot,
     conn: ConnInfo,
+    memo: &CookieMemo,
     req: &Request<Incoming>,
     name: &str,
     now: u64,
@@ -55,8 +57,8 @@ pub(super) async fn cookie_plan(
         .binder
         .as_ref()
         .map_or(0, |b| b.digest(conn.peer.ip(), ua));
-    let mut claims =
-        find_cookie(req.headers().get_all(COOKIE).iter(), name).and_then(|v| snap.codec.decode(v));
+    let mut claims = find_cookie(req.headers().get_all(COOKIE).iter(), name)
+        .and_then(|v| memo.decode(&snap.codec, v));
     if let (Some(b), Some(c)) = (&snap.binder, claims.as_mut()) {
         // Bound under a secret since rotated out of `secret`: the same client
         // keeps its session, and its next cookie carries today's digest.

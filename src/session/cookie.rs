@@ -22,6 +22,7 @@
 //! already holds the id.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lc_rs::hmac;
 
@@ -41,7 +42,7 @@ const PAYLOAD_LEN: usize = 1 + 16 + 8 + 8 + 8 + 8;
 const TAG_LEN: usize = 16;
 const RAW_LEN: usize = PAYLOAD_LEN + TAG_LEN;
 /// base64 without padding: 4 characters per 3 bytes, plus 3 for the final 2 bytes.
-const ENCODED_LEN: usize = RAW_LEN / 3 * 4 + [0, 2, 3][RAW_LEN % 3];
+pub const ENCODED_LEN: usize = RAW_LEN / 3 * 4 + [0, 2, 3][RAW_LEN % 3];
 
 /// 128-bit session id from the OS CSPRNG.
 ///
@@ -120,7 +121,18 @@ pub fn backend_tag(name: &str) -> u64 {
 pub struct CookieCodec {
     current: hmac::Key,
     previous: Vec<hmac::Key>,
+    keys: Keys,
 }
+
+/// Which [`CookieCodec`] this is: distinct for every codec a process builds, whatever its
+/// secrets, so "verified under these keys" can be remembered and later told apart from
+/// "verified under the keys a reload replaced". An address would not do: a reload frees the
+/// old codec, and the next one may be built where it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys(u64);
+
+/// The next [`Keys`]; 2^64 codecs outlast any process.
+static NEXT_KEYS: AtomicU64 = AtomicU64::new(0);
 
 impl CookieCodec {
     /// A codec that signs with `current` and also accepts cookies signed with any of `previous`.
@@ -130,7 +142,14 @@ impl CookieCodec {
         CookieCodec {
             current: derive_key(current),
             previous: previous.iter().map(|s| derive_key(s)).collect(),
+            keys: Keys(NEXT_KEYS.fetch_add(1, Ordering::Relaxed)),
         }
+    }
+
+    /// This codec's identity (see [`Keys`]): two codecs never share one, even when built from
+    /// the same secrets.
+    pub fn keys(&self) -> Keys {
+        self.keys
     }
 
     /// The cookie value for `c`, signed under the current secret.

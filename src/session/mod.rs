@@ -5,6 +5,7 @@
 pub mod binding;
 pub mod cookie;
 pub mod decide;
+pub mod memo;
 pub mod source;
 
 use http::HeaderValue;
