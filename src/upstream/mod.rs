@@ -230,14 +230,23 @@ impl Pool {
                 } else {
                     self.checkout(t.idle)
                 };
+                // Dialing is boxed: its future (connect, TLS, handshake) is
+                // large, rare next to reuse, and would otherwise widen every
+                // request's future, which is copied whole.
                 match pooled {
                     Some(s) => Ok((Sender::H1(s), true)),
-                    None => Ok((Sender::H1(self.link.http1(t.connect).await?), false)),
+                    None => Ok((
+                        Sender::H1(Box::pin(self.link.http1(t.connect)).await?),
+                        false,
+                    )),
                 }
             }
             // A shared HTTP/2 connection is treated as new: its failures are
             // the backend's, not a keep-alive race.
-            Protocol::H2 => Ok((Sender::H2(self.http2(fresh_only, t).await?), false)),
+            Protocol::H2 => Ok((
+                Sender::H2(Box::pin(self.http2(fresh_only, t)).await?),
+                false,
+            )),
         }
     }
 
