@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -373,7 +373,7 @@ pub enum Woken {
 /// Reading from the socket failed.
 pub async fn park<I>(
     io: &mut I,
-    buf: &mut [u8],
+    buf: &mut BytesMut,
     activity: &Activity,
     limits: Limits,
     drain: &mut watch::Receiver<bool>,
@@ -394,7 +394,7 @@ where
         };
         let closing = tokio::select! {
             biased;
-            r = io.read(buf) => match r? {
+            r = io.read_buf(buf) => match r? {
                 0 => Ended::Done,
                 n => return Ok(Woken::Read(n)),
             },

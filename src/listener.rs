@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -369,20 +369,17 @@ impl Conn {
                     // The first bytes choose the protocol; nothing of hyper's
                     // exists until they arrive. They are read into room for
                     // a whole request head, so hyper usually finds the
-                    // request there and needs no read of its own.
-                    let mut first = vec![0u8; FIRST_READ];
-                    let mut filled = 0;
+                    // request there and needs no read of its own. The room
+                    // is left unwritten until read into (zeroing it cost more
+                    // than the rest of a connection's setup in this function).
+                    let mut first = BytesMut::with_capacity(FIRST_READ);
                     let sniffed = loop {
-                        let parked = lifecycle::park(
-                            &mut io,
-                            &mut first[filled..],
-                            &activity,
-                            limits,
-                            &mut drain,
-                        )
-                        .await;
+                        let parked =
+                            lifecycle::park(&mut io, &mut first, &activity, limits, &mut drain)
+                                .await;
+                        let filled = first.len();
                         match parked {
-                            Ok(Woken::Read(n)) => filled += n,
+                            Ok(Woken::Read(_)) => {}
                             Ok(Woken::Ended(e)) => break Err(Ok(e)),
                             Err(e) => break Err(Err(e.into())),
                         }
@@ -394,8 +391,7 @@ impl Conn {
                             break Ok(Http::H2);
                         }
                     };
-                    first.truncate(filled);
-                    let first = Bytes::from(first);
+                    let first = first.freeze();
                     match sniffed {
                         Ok(Http::H2) => serve_h2(io, first, svc, ctx, drain).await,
                         Ok(_) => serve_h1(io, first, svc, ctx, drain).await,
@@ -460,8 +456,9 @@ where
         max_header_bytes,
     } = ctx;
     let mut builder = http1::Builder::new();
+    // No timer: the header deadline is lifecycle's, and hyper's HTTP/1
+    // server wants one only for its own (an allocation per connection).
     builder
-        .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(!limits.keepalive.is_zero())
         .max_buf_size(max_header_bytes.max(MIN_READ_BUF));
@@ -495,9 +492,9 @@ where
                 memo.forget();
                 crate::release::freed();
                 let _parked = metrics.parked();
-                let mut buf = [0u8; H2_PREFACE.len()];
+                let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
                 match lifecycle::park(&mut io, &mut buf, activity, limits, &mut drain).await? {
-                    Woken::Read(n) => first = Bytes::copy_from_slice(&buf[..n]),
+                    Woken::Read(_) => first = buf.freeze(),
                     Woken::Ended(e) => return Ok(e),
                 }
             }
