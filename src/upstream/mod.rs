@@ -19,6 +19,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,8 @@ pub struct Pool {
     /// Held while an HTTP/2 connection is being made, so a burst of requests
     /// waits for one connection instead of opening one each.
     dialing: tokio::sync::Mutex<()>,
+    /// Set while a sweep of stale idle connections is scheduled.
+    sweeping: AtomicBool,
 }
 
 /// Returns an HTTP/1.1 connection to its pool once the response body is
@@ -163,6 +166,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             dialing: tokio::sync::Mutex::new(()),
+            sweeping: AtomicBool::new(false),
         }
     }
 
@@ -198,23 +202,63 @@ impl Pool {
     }
 
     /// Takes `sender` back as idle from `now`, and lets go of the oldest
-    /// idle connections that have idled `max_idle` already.
-    fn release(&self, sender: http1::SendRequest<Body>, now: Instant, max_idle: Duration) {
+    /// idle connections that have idled `max_idle` already. While any stay
+    /// idle, a sweep every `max_idle` lets go of those too: a pool that a
+    /// burst filled gives its connections (and their buffers) back even if
+    /// no request comes again.
+    fn release(
+        self: &Arc<Self>,
+        sender: http1::SendRequest<Body>,
+        now: Instant,
+        max_idle: Duration,
+    ) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = idle
-            .iter()
-            .take_while(|(_, since)| now.saturating_duration_since(*since) >= max_idle)
-            .count();
-        // Dropped outside the lock; each drop closes a connection.
-        let stale: Vec<_> = idle.drain(..stale).collect();
+        let stale = drain_stale(&mut idle, now, max_idle);
         if idle.len() < MAX_IDLE_PER_BACKEND {
             idle.push((sender, now));
         }
         drop(idle);
+        // Dropped outside the lock; each drop closes a connection.
         drop(stale);
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(self.clone().sweep(max_idle));
+            } else {
+                self.sweeping.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Every `max_idle`, lets go of the idle connections that have idled
+    /// that long, until none is left.
+    async fn sweep(self: Arc<Self>, max_idle: Duration) {
+        loop {
+            tokio::time::sleep(max_idle).await;
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let stale = drain_stale(&mut idle, Instant::now(), max_idle);
+            let empty = idle.is_empty();
+            drop(idle);
+            if !stale.is_empty() {
+                drop(stale);
+                crate::release::freed();
+            }
+            if empty {
+                self.sweeping.store(false, Ordering::Release);
+                // A connection released since the pool was seen empty saw a
+                // sweep scheduled and started none: this one carries on.
+                let refilled = !self
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                if !refilled || self.sweeping.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        }
     }
 
     /// The shared HTTP/2 connection, made if there is none open.
@@ -366,6 +410,20 @@ impl Pool {
     }
 }
 
+/// Takes the idle connections at the front (the oldest) that have idled
+/// `max_idle` by `now` out of `idle`.
+fn drain_stale<T>(
+    idle: &mut Vec<(T, Instant)>,
+    now: Instant,
+    max_idle: Duration,
+) -> Vec<(T, Instant)> {
+    let stale = idle
+        .iter()
+        .take_while(|(_, since)| now.saturating_duration_since(*since) >= max_idle)
+        .count();
+    idle.drain(..stale).collect()
+}
+
 /// Did the backend end the connection (EOF or reset) before any answer, as
 /// opposed to a fault of the exchange itself (a bad response, the client's
 /// body failing)?
@@ -410,14 +468,14 @@ mod tests {
         s
     }
 
-    fn pool() -> Pool {
-        Pool::new(&config::Backend {
+    fn pool() -> Arc<Pool> {
+        Arc::new(Pool::new(&config::Backend {
             name: "b1".into(),
             address: "127.0.0.1:1".parse().expect("address"),
             weight: 1,
             protocol: Protocol::Http1,
             tls: None,
-        })
+        }))
     }
 
     const IDLE: Duration = Duration::from_secs(2);
@@ -447,5 +505,23 @@ mod tests {
         p.release(sender().await, t0 + IDLE, IDLE);
         let left: Vec<Instant> = p.idle.lock().unwrap().iter().map(|(_, t)| *t).collect();
         assert_eq!(left, vec![t0 + IDLE / 2, t0 + IDLE]);
+    }
+
+    #[tokio::test]
+    async fn a_pool_nobody_uses_again_lets_its_connections_go() {
+        const SHORT: Duration = Duration::from_millis(100);
+        let p = pool();
+        for _ in 0..3 {
+            p.release(sender().await, Instant::now(), SHORT);
+        }
+        assert_eq!(p.idle.lock().unwrap().len(), 3);
+        // No request comes again: the sweep alone empties the pool, within
+        // two sweeps.
+        let emptied = tokio::time::timeout(SHORT * 20, async {
+            while !p.idle.lock().unwrap().is_empty() || p.sweeping.load(Ordering::Acquire) {
+                tokio::time::sleep(SHORT / 10).await;
+            }
+        });
+        assert!(emptied.await.is_ok(), "the sweep empties the pool and ends");
     }
 }
