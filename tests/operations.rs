@@ -348,6 +348,34 @@ async fn sessions_per_backend_are_live_and_exact() {
 }
 
 #[tokio::test]
+async fn metrics_count_upstream_connections_opened_and_pooled() {
+    let a = Backend::start("app1").await;
+    let t = Tether::start(&with_admin(config("", &[&a]))).await;
+    let adm = admin_addr(&t);
+    // One request after another: the first opens a connection to the
+    // backend, the rest reuse it from the pool.
+    for _ in 0..4 {
+        assert_eq!(plain_get(t.addr(), "/", &[]).await.status, 200);
+    }
+    let (_, text) = admin(adm, "GET", "/metrics", None).await;
+    let samples = parse_prometheus(&text);
+    let get = |k: &str| {
+        samples
+            .get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("no sample {k} in\n{text}"))
+    };
+    assert_eq!(
+        get(r#"tether_upstream_connects_total{backend="app1"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"tether_upstream_idle_connections{backend="app1"}"#),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     let a = Backend::start("app1").await;
     let t = Tether::start(&with_admin(config("", &[&a]))).await;

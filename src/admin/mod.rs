@@ -83,7 +83,8 @@ pub fn backend_views(shared: &Shared) -> Vec<BackendView> {
     let snap = shared.snapshot.load();
     snap.backends
         .iter()
-        .map(|b| BackendView {
+        .zip(&snap.upstreams)
+        .map(|(b, pool)| BackendView {
             name: b.name.to_string(),
             address: b.address.to_string(),
             weight: b.weight,
@@ -91,6 +92,8 @@ pub fn backend_views(shared: &Shared) -> Vec<BackendView> {
             sessions: shared.store.sessions_on(b.id),
             index: b.id.0 as usize,
             drain_secs_left: api::drain_secs_left(b, shared.clock.now_ms()),
+            upstream_connects: pool.connects(),
+            upstream_idle: pool.idle_connections(),
         })
         .collect()
 }

@@ -44,6 +44,10 @@ pub const BACKEND_DRAIN_SECONDS_LEFT: &str = "tether_backend_drain_seconds_left"
 pub const BACKEND_WEIGHT: &str = "tether_backend_weight";
 /// Gauge: always 1; carries a backend's address as a label.
 pub const BACKEND_INFO: &str = "tether_backend_info";
+/// Counter: connections tether opened to a backend.
+pub const UPSTREAM_CONNECTS_TOTAL: &str = "tether_upstream_connects_total";
+/// Gauge: idle keep-alive connections pooled for a backend.
+pub const UPSTREAM_IDLE_CONNECTIONS: &str = "tether_upstream_idle_connections";
 /// Counter: active health probes, by backend and result.
 pub const HEALTH_CHECKS_TOTAL: &str = "tether_health_checks_total";
 /// Gauge: client connections open now.
@@ -208,6 +212,11 @@ pub struct BackendView {
     /// While draining with a deadline: seconds left until it passes (0 once
     /// it has).
     pub drain_secs_left: Option<f64>,
+    /// Connections opened to it (since its address, protocol or TLS
+    /// settings last changed).
+    pub upstream_connects: u64,
+    /// Idle keep-alive connections pooled for it now.
+    pub upstream_idle: u64,
 }
 
 /// Per-backend counters, one cache-unfriendly but lock-free block each.

@@ -288,6 +288,36 @@ fn render_backends(o: &mut String, views: &[Row<'_>]) {
         let labels = [("backend", v.name.as_str()), ("address", &v.address)];
         line(o, BACKEND_INFO, &labels, "1");
     }
+    family(
+        o,
+        UPSTREAM_CONNECTS_TOTAL,
+        "counter",
+        "Connections tether opened to each backend (keep-alive reuse opens none).",
+    );
+    for (v, _) in views {
+        let labels = [("backend", v.name.as_str())];
+        line(
+            o,
+            UPSTREAM_CONNECTS_TOTAL,
+            &labels,
+            &v.upstream_connects.to_string(),
+        );
+    }
+    family(
+        o,
+        UPSTREAM_IDLE_CONNECTIONS,
+        "gauge",
+        "Idle keep-alive connections pooled for each backend.",
+    );
+    for (v, _) in views {
+        let labels = [("backend", v.name.as_str())];
+        line(
+            o,
+            UPSTREAM_IDLE_CONNECTIONS,
+            &labels,
+            &v.upstream_idle.to_string(),
+        );
+    }
 }
 
 /// Active health probes of each backend, by result.

@@ -26,6 +26,8 @@ fn view(name: &str, index: usize, state: &'static str, sessions: u64) -> Backend
         sessions,
         index,
         drain_secs_left: None,
+        upstream_connects: 0,
+        upstream_idle: 0,
     }
 }
 
@@ -152,6 +154,8 @@ fn a_reset_backend_index_starts_from_zero() {
             sessions: 0,
             index: 3,
             drain_secs_left: None,
+            upstream_connects: 0,
+            upstream_idle: 0,
         }],
         0,
         0.0,
@@ -456,6 +460,8 @@ fn renders_exactly_this_text() {
             sessions: 5,
             index: 2,
             drain_secs_left: Some(90.5),
+            upstream_connects: 12,
+            upstream_idle: 4,
         },
         BackendView {
             name: "b".into(),
@@ -465,6 +471,8 @@ fn renders_exactly_this_text() {
             sessions: 0,
             index: 0,
             drain_secs_left: None,
+            upstream_connects: 0,
+            upstream_idle: 0,
         },
     ];
     let want = GOLDEN.replace("{version}", env!("CARGO_PKG_VERSION"));
@@ -599,6 +607,14 @@ tether_backend_weight{backend="b"} 1
 # TYPE tether_backend_info gauge
 tether_backend_info{backend="app-1",address="10.0.0.1:8080"} 1
 tether_backend_info{backend="b",address="[::1]:9000"} 1
+# HELP tether_upstream_connects_total Connections tether opened to each backend (keep-alive reuse opens none).
+# TYPE tether_upstream_connects_total counter
+tether_upstream_connects_total{backend="app-1"} 12
+tether_upstream_connects_total{backend="b"} 0
+# HELP tether_upstream_idle_connections Idle keep-alive connections pooled for each backend.
+# TYPE tether_upstream_idle_connections gauge
+tether_upstream_idle_connections{backend="app-1"} 4
+tether_upstream_idle_connections{backend="b"} 0
 # HELP tether_health_checks_total Active health probes, by backend and result.
 # TYPE tether_health_checks_total counter
 tether_health_checks_total{backend="app-1",result="ok"} 1

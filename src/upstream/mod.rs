@@ -19,7 +19,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,6 +128,8 @@ pub struct Pool {
     dialing: tokio::sync::Mutex<()>,
     /// Set while a sweep of stale idle connections is scheduled.
     sweeping: AtomicBool,
+    /// Connections opened (for `tether_upstream_connects_total`).
+    connects: AtomicU64,
 }
 
 /// Returns an HTTP/1.1 connection to its pool once the response body is
@@ -167,7 +169,18 @@ impl Pool {
             shared: Mutex::new(None),
             dialing: tokio::sync::Mutex::new(()),
             sweeping: AtomicBool::new(false),
+            connects: AtomicU64::new(0),
         }
+    }
+
+    /// Connections this pool has opened.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    /// Idle HTTP/1.1 connections pooled now.
+    pub fn idle_connections(&self) -> u64 {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
     }
 
     /// How this pool reaches its backend.
@@ -280,6 +293,7 @@ impl Pool {
             }
         }
         let s = self.link.http2(t.connect).await?;
+        self.connects.fetch_add(1, Ordering::Relaxed);
         *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.clone());
         Ok(s)
     }
@@ -298,10 +312,11 @@ impl Pool {
                 // request's future, which is copied whole.
                 match pooled {
                     Some(s) => Ok((Sender::H1(s), true)),
-                    None => Ok((
-                        Sender::H1(Box::pin(self.link.http1(t.connect)).await?),
-                        false,
-                    )),
+                    None => {
+                        let s = Box::pin(self.link.http1(t.connect)).await?;
+                        self.connects.fetch_add(1, Ordering::Relaxed);
+                        Ok((Sender::H1(s), false))
+                    }
                 }
             }
             // A shared HTTP/2 connection is treated as new: its failures are
