@@ -18,29 +18,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let c = match tether::config::load(std::path::Path::new(config)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    tether::log::init(c.log.format == tether::config::LogFormat::Json);
-    let rt = match tether::server::runtime(c.runtime.worker_threads) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tether: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(async {
-        let hup = tether::server::hangup_signals();
-        tether::server::run(c, tether::server::terminate_signal(), hup).await
-    }) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tether: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    tether::server::run_file(std::path::Path::new(config))
 }

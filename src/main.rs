@@ -82,37 +82,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
-            let c = match tether::config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            tether::log::init(c.log.format == tether::config::LogFormat::Json);
-            let rt = match tether::server::runtime(c.runtime.worker_threads) {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("tether: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(async {
-                let hup = tether::server::hangup_signals();
-                tether::server::run(c, tether::server::terminate_signal(), hup).await
-            }) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e @ tether::server::StartError::Tls(_)) => {
-                    eprintln!("{}: {e}", config.display());
-                    ExitCode::from(2)
-                }
-                Err(e) => {
-                    eprintln!("tether: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Run { config } => tether::server::run_file(&config),
         Command::Demo => {
             tether::log::init(false);
             let rt = match tether::server::runtime(0) {

@@ -399,6 +399,40 @@ pub fn runtime(workers: usize) -> io::Result<tokio::runtime::Runtime> {
     b.enable_all().build()
 }
 
+/// `run -c CONFIG`, from the file to the exit code: load it (exit 2 with
+/// the file's position on a bad config), start logging and the runtime, and
+/// serve until SIGTERM or SIGINT. The binary and `examples/tether_sysalloc`
+/// share it.
+pub fn run_file(config: &std::path::Path) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let c = match crate::config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::log::init(c.log.format == crate::config::LogFormat::Json);
+    let rt = match runtime(c.runtime.worker_threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(async { run(c, terminate_signal(), hangup_signals()).await }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ StartError::Tls(_)) => {
+            eprintln!("{}: {e}", config.display());
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("tether: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Yields on every SIGHUP.
 pub fn hangup_signals() -> tokio::sync::mpsc::Receiver<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);

@@ -357,22 +357,39 @@ async fn metrics_count_upstream_connections_opened_and_pooled() {
     for _ in 0..4 {
         assert_eq!(plain_get(t.addr(), "/", &[]).await.status, 200);
     }
+    let connects = r#"tether_upstream_connects_total{backend="app1"}"#;
+    let idle = r#"tether_upstream_idle_connections{backend="app1"}"#;
+    assert_eq!(metric(adm, connects).await, 1.0);
+    assert_eq!(metric(adm, idle).await, 1.0);
+}
+
+#[tokio::test]
+async fn pooled_upstream_connections_close_after_upstream_idle_without_traffic() {
+    let a = Backend::start("app1").await;
+    let cfg = config("", &[&a]) + "\n[timeouts]\nupstream_idle = \"200ms\"\n";
+    let t = Tether::start(&with_admin(cfg)).await;
+    let adm = admin_addr(&t);
+    assert_eq!(plain_get(t.addr(), "/", &[]).await.status, 200);
+    let idle = r#"tether_upstream_idle_connections{backend="app1"}"#;
+    assert_eq!(metric(adm, idle).await, 1.0);
+    // No request comes again: the pool lets the connection go by itself.
+    let deadline = tokio::time::Instant::now() + HANG;
+    while metric(adm, idle).await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle upstream connection stayed pooled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One sample of the admin listener's `/metrics`.
+async fn metric(adm: SocketAddr, key: &str) -> f64 {
     let (_, text) = admin(adm, "GET", "/metrics", None).await;
-    let samples = parse_prometheus(&text);
-    let get = |k: &str| {
-        samples
-            .get(k)
-            .copied()
-            .unwrap_or_else(|| panic!("no sample {k} in\n{text}"))
-    };
-    assert_eq!(
-        get(r#"tether_upstream_connects_total{backend="app1"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"tether_upstream_idle_connections{backend="app1"}"#),
-        1.0
-    );
+    parse_prometheus(&text)
+        .get(key)
+        .copied()
+        .unwrap_or_else(|| panic!("no sample {key} in\n{text}"))
 }
 
 #[tokio::test]

@@ -236,7 +236,9 @@ impl Pool {
         drop(idle);
         // Dropped outside the lock; each drop closes a connection.
         drop(stale);
-        if !self.sweeping.swap(true, Ordering::AcqRel) {
+        // A load first: a sweep is usually scheduled already, and a swap on
+        // every release would be a locked write per request.
+        if !self.sweeping.load(Ordering::Acquire) && !self.sweeping.swap(true, Ordering::AcqRel) {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(self.clone().sweep(max_idle));
             } else {
