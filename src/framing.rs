@@ -19,9 +19,10 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
+use memchr::memmem::Finder;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::lifecycle::Activity;
@@ -189,17 +190,11 @@ impl Tracker {
         for nl in memchr::memchr_iter(b'\n', head).skip(1) {
             let line = &head[line_start..nl];
             line_start = nl + 1;
-            // Only three names matter; the colon's position rules out the rest
-            // without comparing (this runs on every request head).
-            let Some(colon) = memchr::memchr(b':', line) else {
-                continue;
-            };
-            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-            match colon {
-                14 if name.eq_ignore_ascii_case(b"content-length") => cl = Some(value),
-                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => te = Some(value),
-                7 if name.eq_ignore_ascii_case(b"upgrade") => upgrade = true,
-                _ => {}
+            match framing_field(line) {
+                Some((Field::ContentLength, value)) => cl = Some(value),
+                Some((Field::TransferEncoding, value)) => te = Some(value),
+                Some((Field::Upgrade, _)) => upgrade = true,
+                None => {}
             }
         }
         if cl.is_some() && te.is_some() {
@@ -229,6 +224,30 @@ impl Tracker {
             Some(None) => State::Done,
         }
     }
+}
+
+/// The three fields that frame a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Upgrade,
+}
+
+/// Which framing field a header line is, with its trimmed value. A field
+/// name ends at the first colon and holds no whitespace (RFC 9112 section
+/// 5.1), so each of the three names is a colon at one fixed position: one
+/// byte compared per line, no search (this runs on every request head).
+fn framing_field(line: &[u8]) -> Option<(Field, &[u8])> {
+    let (field, name): (Field, &[u8]) = match line.first()? | 0x20 {
+        b'c' => (Field::ContentLength, b"content-length"),
+        b't' => (Field::TransferEncoding, b"transfer-encoding"),
+        b'u' => (Field::Upgrade, b"upgrade"),
+        _ => return None,
+    };
+    let n = name.len();
+    (line.get(n) == Some(&b':') && line[..n].eq_ignore_ascii_case(name))
+        .then(|| (field, line[n + 1..].trim_ascii()))
 }
 
 /// Skips up to `*left` bytes of a counted run (a Content-Length body or a
@@ -265,6 +284,15 @@ fn after_chunk_size(line: &[u8]) -> State {
 /// the bytes before `buf` come from `seen`. No copy: this runs on every
 /// request head, and copying heads was a visible share of a profile.
 fn find_head_end(seen: &[u8], buf: &[u8]) -> Option<usize> {
+    if seen.is_empty() {
+        find_head_end_in(buf)
+    } else {
+        find_head_end_by_lines(seen, buf)
+    }
+}
+
+/// [`find_head_end`] one line end at a time, looking back into `seen`.
+fn find_head_end_by_lines(seen: &[u8], buf: &[u8]) -> Option<usize> {
     let at = |i: usize, back: usize| -> u8 {
         match i.checked_sub(back) {
             Some(j) => buf[j],
@@ -274,6 +302,17 @@ fn find_head_end(seen: &[u8], buf: &[u8]) -> Option<usize> {
     memchr::memchr_iter(b'\n', buf)
         .find(|&nl| at(nl, 1) == b'\n' || (at(nl, 1) == b'\r' && at(nl, 2) == b'\n'))
         .map(|nl| nl + 1)
+}
+
+/// [`find_head_end`] for a head that begins in `buf`, the usual case: two
+/// vector searches instead of a look at every line. The blank line is the
+/// first `\n\r\n` or `\n\n`, whichever ends first.
+fn find_head_end_in(buf: &[u8]) -> Option<usize> {
+    static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\r\n"));
+    static LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
+    let crlf = CRLF.find(buf).map(|at| at + 3);
+    let before = &buf[..crlf.unwrap_or(buf.len())];
+    LF.find(before).map(|at| at + 2).or(crlf)
 }
 
 /// A client stream that feeds what it reads to a [`Tracker`], and reports
@@ -440,6 +479,57 @@ mod tests {
             );
         }
         assert!(flagged > 50, "the streams exercise the flagging: {flagged}");
+    }
+
+    /// The vector search finds the same end as the line-by-line one on
+    /// head-like bytes of every shape (bare LF, CRLF, stray CR).
+    #[test]
+    fn both_head_end_searches_agree() {
+        use rand::{Rng, SeedableRng};
+        const BYTES: &[u8] = b"\r\n\n:aX ";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..24);
+            let buf: Vec<u8> = (0..len)
+                .map(|_| BYTES[rng.random_range(0..BYTES.len())])
+                .collect();
+            assert_eq!(
+                find_head_end_in(&buf),
+                find_head_end_by_lines(&[], &buf),
+                "{:?}",
+                String::from_utf8_lossy(&buf)
+            );
+        }
+    }
+
+    #[test]
+    fn framing_fields_are_told_by_name_at_the_colon() {
+        type Case<'a> = (&'a [u8], Option<(Field, &'a [u8])>);
+        let cases: &[Case<'_>] = &[
+            (b"Content-Length: 5", Some((Field::ContentLength, b"5"))),
+            (b"content-length:5 ", Some((Field::ContentLength, b"5"))),
+            (b"CONTENT-LENGTH:", Some((Field::ContentLength, b""))),
+            (
+                b"Transfer-Encoding: chunked",
+                Some((Field::TransferEncoding, b"chunked")),
+            ),
+            (b"upgrade: websocket", Some((Field::Upgrade, b"websocket"))),
+            (b"Content-Length : 5", None),
+            (b"Content-Lengthy: 5", None),
+            (b"Content-Type: text/plain", None),
+            (b"Cookie: a=b", None),
+            (b"Content-Length", None),
+            (b"X-Upgrade: h2c", None),
+            (b"", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(
+                framing_field(line),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]

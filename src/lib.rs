@@ -33,6 +33,7 @@ pub mod backends;
 pub mod balancer;
 pub mod body;
 pub mod clock;
+mod coalesce;
 pub mod config;
 mod copy;
 pub mod demo;

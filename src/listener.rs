@@ -597,7 +597,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Replay<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.activity.wrote();
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        crate::coalesce::poll_write_vectored(Pin::new(&mut self.io), cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::body::Body;
+use crate::coalesce::Coalesce;
 use crate::config::{self, BackendTls, Protocol};
 
 /// Where a backend is and what tether speaks to it.
@@ -82,8 +83,8 @@ impl Link {
     pub(super) async fn http1(&self, connect: Duration) -> io::Result<http1::SendRequest<Body>> {
         let within = tokio::time::timeout(connect, async {
             match self.dial().await? {
-                Io::Plain(s) => h1(TokioIo::new(s)).await,
-                Io::Tls(s) => h1(TokioIo::new(s)).await,
+                Io::Plain(s) => h1(TokioIo::new(Coalesce(s))).await,
+                Io::Tls(s) => h1(TokioIo::new(Coalesce(s))).await,
             }
         });
         within.await.unwrap_or_else(|_| Err(timed_out()))
