@@ -98,6 +98,43 @@ async fn status_504_when_the_backend_is_too_slow() {
     assert_eq!(plain_get(t.addr(), "/slow/10", &[]).await.status, 200);
 }
 
+/// A kept-alive upstream connection carries its response deadline from one
+/// request to the next: each request gets the full `response` time, and no
+/// more, whether the previous deadline is still ahead or has passed while
+/// the connection sat in the pool.
+#[tokio::test]
+async fn each_request_on_a_pooled_connection_gets_its_own_response_deadline() {
+    let a = Backend::start("app1").await;
+    let cfg = config("", &[&a]) + "\n[timeouts]\nresponse = \"200ms\"\nupstream_idle = \"10s\"\n";
+    let t = Tether::start(&cfg).await;
+    let connects = || t.running().shared().snapshot.load().upstreams[0].connects();
+    let slow_504 = || async {
+        let started = Instant::now();
+        assert_eq!(plain_get(t.addr(), "/slow/3000", &[]).await.status, 504);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(190), "cut early: {took:?}");
+        assert!(took < Duration::from_millis(2500), "not cut: {took:?}");
+    };
+    // Deadline still ahead: 150 ms of the first request's 200 remain.
+    assert_eq!(plain_get(t.addr(), "/slow/50", &[]).await.status, 200);
+    slow_504().await;
+    assert_eq!(
+        connects(),
+        1,
+        "the slow request went out on the pooled connection"
+    );
+    // Deadline passed while pooled: the timer fired with nobody waiting.
+    assert_eq!(plain_get(t.addr(), "/slow/10", &[]).await.status, 200);
+    assert_eq!(connects(), 2, "a timed-out connection is not reused");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slow_504().await;
+    assert_eq!(
+        connects(),
+        2,
+        "the slow request went out on the pooled connection"
+    );
+}
+
 #[tokio::test]
 async fn a_slow_head_is_cut_off_and_others_are_unaffected() {
     let a = Backend::start("app1").await;

@@ -19,10 +19,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -120,7 +122,7 @@ pub struct Pool {
     link: Link,
     /// HTTP/1.1: idle connections, each with the moment it went idle, oldest
     /// first.
-    idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
+    idle: Mutex<Vec<(H1, Instant)>>,
     /// HTTP/2: the connection every request shares while it is open.
     shared: Mutex<Option<http2::SendRequest<Body>>>,
     /// Held while an HTTP/2 connection is being made, so a burst of requests
@@ -136,7 +138,7 @@ pub struct Pool {
 /// fully read. (An HTTP/2 stream needs no return.)
 pub struct Lease {
     pool: Arc<Pool>,
-    sender: Option<http1::SendRequest<Body>>,
+    sender: Option<H1>,
     /// `timeouts.upstream_idle`.
     max_idle: Duration,
 }
@@ -156,8 +158,29 @@ impl OnEnd for Lease {
 
 /// A connection a request goes out on.
 enum Sender {
-    H1(http1::SendRequest<Body>),
+    H1(H1),
     H2(http2::SendRequest<Body>),
+}
+
+/// An HTTP/1.1 connection and the timer its requests' responses run
+/// against. The timer goes where the connection goes (pooled, leased), so
+/// each request moves its deadline later, a single atomic write, where a
+/// timer of its own would be put into the runtime's timer wheel and taken
+/// out again under its lock.
+#[derive(Debug)]
+struct H1 {
+    send: http1::SendRequest<Body>,
+    response: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl H1 {
+    /// Needs the runtime (for its timer).
+    fn new(send: http1::SendRequest<Body>) -> H1 {
+        H1 {
+            send,
+            response: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        }
+    }
 }
 
 impl Pool {
@@ -195,7 +218,7 @@ impl Pool {
 
     /// The most recently idled connection that is open and has idled less
     /// than `max_idle`.
-    fn checkout(&self, max_idle: Duration) -> Option<http1::SendRequest<Body>> {
+    fn checkout(&self, max_idle: Duration) -> Option<H1> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((s, since)) = idle.pop() {
@@ -207,7 +230,7 @@ impl Pool {
                 drop((s, stale));
                 return None;
             }
-            if !s.is_closed() {
+            if !s.send.is_closed() {
                 return Some(s);
             }
         }
@@ -219,13 +242,8 @@ impl Pool {
     /// idle, a sweep every `max_idle` lets go of those too: a pool that a
     /// burst filled gives its connections (and their buffers) back even if
     /// no request comes again.
-    fn release(
-        self: &Arc<Self>,
-        sender: http1::SendRequest<Body>,
-        now: Instant,
-        max_idle: Duration,
-    ) {
-        if sender.is_closed() {
+    fn release(self: &Arc<Self>, sender: H1, now: Instant, max_idle: Duration) {
+        if sender.send.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -317,7 +335,7 @@ impl Pool {
                     None => {
                         let s = Box::pin(self.link.http1(t.connect)).await?;
                         self.connects.fetch_add(1, Ordering::Relaxed);
-                        Ok((Sender::H1(s), false))
+                        Ok((Sender::H1(H1::new(s)), false))
                     }
                 }
             }
@@ -356,19 +374,30 @@ impl Pool {
                 Ok(s) => s,
                 Err(e) => return Err(SendError::new(Failure::Connect(e), Some(req))),
             };
-            let exchange = match &mut sender {
-                Sender::H1(s) => {
-                    if pooled && s.ready().await.is_err() {
+            let (exchange, timer) = match &mut sender {
+                Sender::H1(c) => {
+                    if pooled && c.send.ready().await.is_err() {
                         continue;
                     }
-                    futures_util::future::Either::Left(s.try_send_request(req))
+                    let exchange = c.send.try_send_request(req);
+                    (Either::Left(exchange), Some(c.response.as_mut()))
                 }
-                Sender::H2(s) => futures_util::future::Either::Right(s.try_send_request(req)),
+                Sender::H2(s) => (Either::Right(s.try_send_request(req)), None),
             };
-            let answer = match body {
-                None => tokio::time::timeout(t.response, exchange).await.ok(),
+            let answer = match (body, timer) {
+                (None, Some(mut timer)) => {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + t.response);
+                    tokio::select! {
+                        biased;
+                        r = exchange => Some(r),
+                        () = timer => None,
+                    }
+                }
+                (None, None) => tokio::time::timeout(t.response, exchange).await.ok(),
                 // The backend's clock stops while the client trickles its body.
-                Some(w) => {
+                (Some(w), _) => {
                     w.started();
                     tokio::select! {
                         biased;
@@ -473,7 +502,7 @@ mod tests {
     use hyper_util::rt::TokioIo;
 
     /// An open HTTP/1.1 connection over an in-memory pipe.
-    async fn sender() -> http1::SendRequest<Body> {
+    async fn sender() -> H1 {
         let (ours, theirs) = tokio::io::duplex(64);
         let (s, conn) = http1::handshake(TokioIo::new(ours))
             .await
@@ -482,7 +511,7 @@ mod tests {
             let _keep = theirs;
             let _ = conn.await;
         });
-        s
+        H1::new(s)
     }
 
     fn pool() -> Arc<Pool> {
