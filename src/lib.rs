@@ -62,3 +62,4 @@ pub mod store;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+mod wake_flag;

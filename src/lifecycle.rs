@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::wake_flag::WakeFlag;
+
 /// The two limits a client connection lives by (`[timeouts]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -307,19 +309,42 @@ where
     };
     let sleep = tokio::time::sleep_until(first);
     tokio::pin!(sleep);
+    // The shutdown signal and the deadline are polled only when they woke
+    // the task: most wake-ups are the connection's own.
+    let mut side = WakeFlag::new();
+    let mut drained = std::pin::pin!(drain.wait_for(|d| *d));
     let mut finished = false;
     let mut finishing_since: Option<Instant> = None;
     loop {
-        tokio::select! {
+        let event = std::future::poll_fn(|cx| {
             // The connection first: bytes that arrived with a deadline are
             // read (and a request opened) before the deadline is judged.
-            biased;
-            r = conn.as_mut() => return r.map(|()| Ended::Done),
-            _ = drain.wait_for(|d| *d), if !finished => {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Conn(r));
+            }
+            if !side.due(cx.waker()) {
+                return Poll::Pending;
+            }
+            let mut rare = Context::from_waker(side.waker());
+            if !finished && drained.as_mut().poll(&mut rare).is_ready() {
+                return Poll::Ready(Event::Drain);
+            }
+            if sleep.as_mut().poll(&mut rare).is_ready() {
+                return Poll::Ready(Event::Deadline);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Conn(r) => return r.map(|()| Ended::Done),
+            Event::Drain => {
                 finish(conn.as_mut());
                 finished = true;
+                // The deadline was not looked at in the poll that saw the
+                // signal.
+                side.poke();
             }
-            () = sleep.as_mut() => {
+            Event::Deadline => {
                 let now = Instant::now();
                 let (phase, since) = activity.phase();
                 if let Some(at) = finishing_since {
@@ -348,9 +373,19 @@ where
                     None => wake,
                 };
                 sleep.as_mut().reset(wake);
+                // A timer is armed by a poll: poll it after a reset rather
+                // than count on the reset keeping the waker it fired.
+                side.poke();
             }
         }
     }
+}
+
+/// What woke [`drive`]'s loop.
+enum Event<E> {
+    Conn(Result<(), E>),
+    Drain,
+    Deadline,
 }
 
 /// What ended a [`park`].
