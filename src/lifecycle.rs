@@ -299,12 +299,8 @@ pub async fn drive<C, E>(
 where
     C: Future<Output = Result<(), E>>,
 {
-    let look = |now: Instant, wake: Instant| match park {
-        Some(p) => wake.min(later(now, p)),
-        None => wake,
-    };
     let first = match next(Phase::Silent, activity.opened, Instant::now(), limits) {
-        Next::Wait(at) => look(Instant::now(), at),
+        Next::Wait(at) => capped(park, Instant::now(), at),
         _ => Instant::now(),
     };
     let sleep = tokio::time::sleep_until(first);
@@ -345,32 +341,16 @@ where
                 side.poke();
             }
             Event::Deadline => {
-                let now = Instant::now();
-                let (phase, since) = activity.phase();
-                if let Some(at) = finishing_since {
-                    if now >= later(at, limits.client_header) {
-                        return Ok(Ended::Expired(phase));
-                    }
-                }
-                let wake = match next(phase, since, now, limits) {
-                    Next::Wait(at) => match park.and_then(|p| park_at(phase, since, p)) {
-                        Some(at) if at <= now && !finished && activity.settled() => {
-                            return Ok(Ended::Parked);
-                        }
-                        _ => look(now, at),
-                    },
-                    Next::Close => return Ok(Ended::Expired(phase)),
-                    Next::Finish => {
+                let wake = match look(activity, limits, park, finished, &mut finishing_since) {
+                    Look::End(ended) => return Ok(ended),
+                    Look::Wait(wake) => wake,
+                    Look::Finish(wake) => {
                         if !finished {
                             finish(conn.as_mut());
                             finished = true;
                         }
-                        later(*finishing_since.get_or_insert(now), limits.client_header)
+                        wake
                     }
-                };
-                let wake = match finishing_since {
-                    Some(at) => wake.min(later(at, limits.client_header)),
-                    None => wake,
                 };
                 sleep.as_mut().reset(wake);
                 // A timer is armed by a poll: poll it after a reset rather
@@ -386,6 +366,66 @@ enum Event<E> {
     Conn(Result<(), E>),
     Drain,
     Deadline,
+}
+
+/// What [`drive`]'s watchdog does when its timer fires.
+enum Look {
+    /// End the connection so.
+    End(Ended),
+    /// Ask hyper to finish (once), and look again then.
+    Finish(Instant),
+    /// Look again then.
+    Wait(Instant),
+}
+
+/// The watchdog's look when its timer fires, from the connection's
+/// activity: `finished` says hyper was asked to finish, `finishing_since`
+/// since when the deadlines asked it (set here when they first do).
+fn look(
+    activity: &Activity,
+    limits: Limits,
+    park: Option<Duration>,
+    finished: bool,
+    finishing_since: &mut Option<Instant>,
+) -> Look {
+    let now = Instant::now();
+    let (phase, since) = activity.phase();
+    if let Some(at) = *finishing_since {
+        if now >= later(at, limits.client_header) {
+            return Look::End(Ended::Expired(phase));
+        }
+    }
+    let (wake, finish) = match next(phase, since, now, limits) {
+        Next::Wait(at) => match park.and_then(|p| park_at(phase, since, p)) {
+            Some(at) if at <= now && !finished && activity.settled() => {
+                return Look::End(Ended::Parked);
+            }
+            _ => (capped(park, now, at), false),
+        },
+        Next::Close => return Look::End(Ended::Expired(phase)),
+        Next::Finish => {
+            let since = *finishing_since.get_or_insert(now);
+            (later(since, limits.client_header), true)
+        }
+    };
+    let wake = match *finishing_since {
+        Some(at) => wake.min(later(at, limits.client_header)),
+        None => wake,
+    };
+    if finish {
+        Look::Finish(wake)
+    } else {
+        Look::Wait(wake)
+    }
+}
+
+/// `wake`, or sooner when parking is on: the watchdog looks every `park`
+/// to find the moment a connection may be parked.
+fn capped(park: Option<Duration>, now: Instant, wake: Instant) -> Instant {
+    match park {
+        Some(p) => wake.min(later(now, p)),
+        None => wake,
+    }
 }
 
 /// What ended a [`park`].
