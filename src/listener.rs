@@ -33,6 +33,7 @@ use crate::passthrough::write_through;
 use crate::proxy_protocol::{self, Refused};
 use crate::service::{self, ConnInfo, Shared};
 use crate::session::memo::CookieMemo;
+use crate::wake_flag::WakeFlag;
 
 /// hyper refuses read buffers under 8 KiB; smaller `max_header_bytes` are
 /// enforced in the service instead.
@@ -76,32 +77,33 @@ impl Listener {
     /// took one from the others). Each loop holds at most one accepted
     /// connection waiting for a slot; the rest wait in the kernel's backlog,
     /// as they did before.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
         let local = self.socket.local_addr().ok();
         let proxied = self
             .proxy_protocol
             .then(|| Arc::new(ProxyProtocol::default()));
+        // One wait for the stop signal for the whole loop, polled only when
+        // it woke the task: a wait made per accept would enter and leave
+        // the signal's waiter list (under its lock) twice per connection.
+        let mut stop = self.stop.clone();
+        let mut stopped = std::pin::pin!(stop.changed());
+        let mut side = WakeFlag::new();
         loop {
-            let (stream, peer) = tokio::select! {
-                biased;
-                _ = self.stop.changed() => break,
-                r = self.socket.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(listener = ?local, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
+            let next = unless_stopped(&mut side, stopped.as_mut(), self.socket.accept());
+            let (stream, peer) = match next.await {
+                None => break,
+                Some(Ok(x)) => x,
+                Some(Err(e)) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = ?local, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
             };
-            let permit = tokio::select! {
-                biased;
-                _ = self.stop.changed() => break,
-                p = self.permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
+            let acquire = self.permits.clone().acquire_owned();
+            let permit = match unless_stopped(&mut side, stopped.as_mut(), acquire).await {
+                Some(Ok(p)) => p,
+                None | Some(Err(_)) => break,
             };
             let opened = Instant::now();
             let _ = stream.set_nodelay(true);
@@ -118,6 +120,28 @@ impl Listener {
         }
         tracing::debug!(listener = ?local, "stopped accepting");
     }
+}
+
+/// `work`'s output, or `None` once `stopped` is ready (the caller stops
+/// then: a finished `stopped` must not be polled again). `stopped` is
+/// polled first when it woke the task, so a stop wins over connections
+/// still waiting in the backlog, and only then, with `side`'s waker.
+async fn unless_stopped<F: std::future::Future>(
+    side: &mut WakeFlag,
+    mut stopped: Pin<&mut impl std::future::Future>,
+    work: F,
+) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if side.due(cx.waker()) {
+            let mut rare = Context::from_waker(side.waker());
+            if stopped.as_mut().poll(&mut rare).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        work.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 /// Serves one accepted connection: on a `proxy_protocol` listener the
@@ -611,5 +635,45 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Replay<I> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work goes on while the stop has not fired, and a stop that fires
+    /// while the work waits ends the wait.
+    #[tokio::test]
+    async fn a_stop_ends_a_waiting_accept() {
+        let (tx, mut rx) = watch::channel(false);
+        let mut stopped = std::pin::pin!(rx.changed());
+        let mut side = WakeFlag::new();
+        for n in 0..3 {
+            let ready = unless_stopped(&mut side, stopped.as_mut(), async { n });
+            assert_eq!(ready.await, Some(n));
+        }
+        let waiting = unless_stopped(&mut side, stopped.as_mut(), std::future::pending::<()>());
+        let stop = async {
+            tokio::task::yield_now().await;
+            tx.send(true).expect("a receiver");
+        };
+        let both = async { tokio::join!(waiting, stop).0 };
+        let ended = tokio::time::timeout(Duration::from_millis(500), both).await;
+        assert_eq!(ended, Ok(None));
+    }
+
+    /// Once the stop has fired, it wins over work that is ready too (a
+    /// backlog of connections is not accepted after it).
+    #[tokio::test]
+    async fn a_fired_stop_wins_over_ready_work() {
+        let (tx, mut rx) = watch::channel(false);
+        let mut stopped = std::pin::pin!(rx.changed());
+        let mut side = WakeFlag::new();
+        let first = unless_stopped(&mut side, stopped.as_mut(), async { 1 });
+        assert_eq!(first.await, Some(1));
+        tx.send(true).expect("a receiver");
+        let next = unless_stopped(&mut side, stopped.as_mut(), async { 2 });
+        assert_eq!(next.await, None);
     }
 }
