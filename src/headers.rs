@@ -58,50 +58,64 @@ fn connection_has(h: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Upgrade` and
 /// `Connection: upgrade` survive so the peer can switch protocols.
 pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names, instead of a hashed lookup per hop-by-hop
-    // name: most messages carry none of them, and this runs twice per request.
-    if !h.keys().any(is_hop_by_hop) {
-        if keep_upgrade {
-            h.insert(CONNECTION, UPGRADE_TOKEN.clone());
-        }
-        return;
+    // One pass over the names finds which hop-by-hop ones the message
+    // carries, and only those are looked up to be removed: most messages
+    // carry none, and this runs twice per request.
+    let present = h.keys().fold(0u8, |m, n| m | hop_bit(n));
+    if present & 1 != 0 {
+        remove_connection(h, keep_upgrade);
     }
-    if h.contains_key(CONNECTION) {
-        let listed: Vec<HeaderName> = h
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
-            if keep_upgrade && name == UPGRADE {
-                continue;
-            }
-            h.remove(&name);
+    for (i, name) in hop_by_hop().iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 && !(keep_upgrade && *name == UPGRADE) {
+            h.remove(*name);
         }
-        h.remove(CONNECTION);
     }
-    h.remove(&KEEP_ALIVE);
-    h.remove(&PROXY_CONNECTION);
-    h.remove(TE);
-    h.remove(TRAILER);
-    h.remove(TRANSFER_ENCODING);
     if keep_upgrade {
         h.insert(CONNECTION, UPGRADE_TOKEN.clone());
-    } else {
-        h.remove(UPGRADE);
     }
 }
 
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    n == CONNECTION
-        || n == TRANSFER_ENCODING
-        || n == TE
-        || n == TRAILER
-        || n == UPGRADE
-        || n == KEEP_ALIVE
-        || n == PROXY_CONNECTION
+/// The hop-by-hop names, `Connection` first; bit `i` of [`hop_bit`] stands
+/// for the name at `i`.
+fn hop_by_hop() -> [&'static HeaderName; 7] {
+    [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ]
+}
+
+/// `n`'s bit among [`hop_by_hop`], or 0 for an end-to-end name.
+fn hop_bit(n: &HeaderName) -> u8 {
+    hop_by_hop()
+        .iter()
+        .position(|h| *h == n)
+        .map_or(0, |i| 1 << i)
+}
+
+/// Removes `Connection` and every name its values list. The names are
+/// looked up as written, not made into header names first (which copies
+/// each): most are options such as `close` that name no field.
+fn remove_connection(h: &mut HeaderMap, keep_upgrade: bool) {
+    // One value almost always: the rest are copied out only when there are
+    // some. (Not through `entry`: that makes room for an insert first, and
+    // a full map grows.)
+    let mut values = h.get_all(CONNECTION).iter();
+    let first = values.next().cloned();
+    let rest: Vec<HeaderValue> = values.cloned().collect();
+    h.remove(CONNECTION);
+    for v in first.iter().chain(&rest) {
+        let Ok(listed) = v.to_str() else { continue };
+        for name in listed.split(',').map(str::trim_ascii) {
+            if !(keep_upgrade && name.eq_ignore_ascii_case("upgrade")) {
+                h.remove(name);
+            }
+        }
+    }
 }
 
 /// Rewrites a client request head into what the backend receives (once per
@@ -336,6 +350,90 @@ mod tests {
             assert!(!p.headers.contains_key(gone), "{gone} should be gone");
         }
         assert_eq!(p.headers["x-kept"], "yes");
+    }
+
+    /// What is left of a message's headers, for each mix of hop-by-hop
+    /// ones, `Connection` lists and upgrade keeping.
+    #[test]
+    fn remove_hop_by_hop_keeps_only_end_to_end_fields() {
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            bool,
+            &'static [&'static str],
+        );
+        let cases: &[Case] = &[
+            (&[("x-a", "1")], false, &["x-a: 1"]),
+            (&[("x-a", "1")], true, &["connection: upgrade", "x-a: 1"]),
+            (&[("connection", "close"), ("x-a", "1")], false, &["x-a: 1"]),
+            (
+                &[
+                    ("connection", "Keep-Alive, X-Secret"),
+                    ("keep-alive", "timeout=5"),
+                    ("x-secret", "1"),
+                    ("x-kept", "2"),
+                ],
+                false,
+                &["x-kept: 2"],
+            ),
+            (
+                &[
+                    ("connection", "close"),
+                    ("connection", " x-one ,x-two,, "),
+                    ("x-one", "1"),
+                    ("x-two", "2"),
+                    ("x-kept", "3"),
+                ],
+                false,
+                &["x-kept: 3"],
+            ),
+            (
+                &[("connection", "x bad, x-ok"), ("x-ok", "1"), ("x-a", "2")],
+                false,
+                &["x-a: 2"],
+            ),
+            (
+                &[
+                    ("connection", "Upgrade"),
+                    ("upgrade", "websocket"),
+                    ("x-a", "1"),
+                ],
+                true,
+                &["connection: upgrade", "upgrade: websocket", "x-a: 1"],
+            ),
+            (
+                &[
+                    ("connection", "upgrade"),
+                    ("upgrade", "websocket"),
+                    ("x-a", "1"),
+                ],
+                false,
+                &["x-a: 1"],
+            ),
+            (
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("trailer", "x-t"),
+                    ("te", "trailers"),
+                    ("proxy-connection", "close"),
+                    ("x-a", "1"),
+                ],
+                false,
+                &["x-a: 1"],
+            ),
+        ];
+        for (i, (fields, keep_upgrade, want)) in cases.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            for (n, v) in *fields {
+                h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+            }
+            remove_hop_by_hop(&mut h, *keep_upgrade);
+            let mut got: Vec<String> = h
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+                .collect();
+            got.sort();
+            assert_eq!(got, *want, "case {i}");
+        }
     }
 
     #[test]
