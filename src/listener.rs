@@ -175,7 +175,9 @@ async fn accepted(
     let mut peer = peer;
     if let Some(pp) = proxied {
         let read = proxy_protocol::read(&mut stream.io);
-        match tokio::time::timeout_at(deadline, read).await {
+        // Boxed: its deadline's timer is large, and the task would keep room
+        // for it as long as the connection lives.
+        match Box::pin(tokio::time::timeout_at(deadline, read)).await {
             Ok(Ok(header)) => {
                 peer = header.client.unwrap_or(peer);
                 stream.first = header.rest;
