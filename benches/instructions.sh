@@ -6,6 +6,8 @@
 #
 #   benches/instructions.sh                 # 3000 requests per proxy (about 3 minutes)
 #   benches/instructions.sh --requests 1000
+#   benches/instructions.sh --memory        # cache misses per request at 50 and 400
+#                                           # connections (about 8 minutes)
 #
 # Installs what is missing (valgrind, haproxy, nginx, curl with apt; oha with
 # cargo), builds tether and the bench backend in release, then calls
@@ -21,8 +23,9 @@ ARGS=()
 while (($#)); do
   case "$1" in
     --requests) ARGS+=("$1" "$2"); shift ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [--requests N]" >&2; exit 2 ;;
+    --memory) ARGS+=("$1") ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [--requests N] [--memory]" >&2; exit 2 ;;
   esac
   shift
 done
