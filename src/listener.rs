@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::Either;
 use futures_util::FutureExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -358,12 +359,12 @@ impl Conn {
             limits,
             max_header_bytes,
             activity,
-            mut drain,
+            drain,
         } = self;
         // Request heads are counted in the order hyper hands them over, which
         // is the order the framing tracker saw them on the wire.
         let verdicts = Arc::new(Verdicts::default());
-        let mut io = Sniffed::new(io, verdicts.clone(), http != Http::H2, activity.clone());
+        let io = Sniffed::new(io, verdicts.clone(), http != Http::H2, activity.clone());
         let metrics = shared.metrics.clone();
         let next = AtomicU64::new(0);
         let counted = activity.clone();
@@ -382,69 +383,93 @@ impl Conn {
             service::handle(shared.clone(), info, remembered.clone(), ambiguous, req)
                 .map(move |resp| resp.map(|resp| resp.map(|body| Counted::new(body, open))))
         });
-        async move {
-            let ctx = Ctx {
-                activity: &activity,
-                metrics: &metrics,
-                memo: &memo,
-                limits,
-                max_header_bytes,
-            };
-            let ended: Result<Ended, BoxError> = match http {
-                Http::Sniff => {
-                    // The first bytes choose the protocol; nothing of hyper's
-                    // exists until they arrive. They are read into room for
-                    // a whole request head, so hyper usually finds the
-                    // request there and needs no read of its own. The room
-                    // is left unwritten until read into (zeroing it cost more
-                    // than the rest of a connection's setup in this function).
-                    let mut first = BytesMut::with_capacity(FIRST_READ);
-                    let sniffed = loop {
-                        let parked =
-                            lifecycle::park(&mut io, &mut first, &activity, limits, &mut drain)
-                                .await;
-                        let filled = first.len();
-                        match parked {
-                            Ok(Woken::Read(_)) => {}
-                            Ok(Woken::Ended(e)) => break Err(Ok(e)),
-                            Err(e) => break Err(Err(e.into())),
-                        }
-                        let seen = filled.min(H2_PREFACE.len());
-                        if first[..seen] != H2_PREFACE[..seen] {
-                            break Ok(Http::H1);
-                        }
-                        if seen == H2_PREFACE.len() {
-                            break Ok(Http::H2);
-                        }
-                    };
-                    let first = first.freeze();
-                    match sniffed {
-                        Ok(Http::H2) => serve_h2(io, first, svc, ctx, drain).await,
-                        Ok(_) => serve_h1(io, first, svc, ctx, drain).await,
-                        Err(ended) => ended,
-                    }
+        let peer = info.peer;
+        let ctx = Ctx {
+            activity: activity.clone(),
+            metrics,
+            memo,
+            limits,
+            max_header_bytes,
+        };
+        // Two steps, the sniff and then the serving, chained rather than
+        // one awaiting the other: the serving future takes the sniff's
+        // place, and an idle connection keeps room for one of them, not
+        // for both and for everything passed between them.
+        sniff(io, http, activity, limits, drain)
+            .then(move |sniffed| match sniffed {
+                // Rare, and larger than HTTP/1's: boxed.
+                Ok((Http::H2, io, first, drain)) => {
+                    Either::Left(Box::pin(serve_h2(io, first, svc, ctx, drain)))
                 }
-                Http::H1 => serve_h1(io, Bytes::new(), svc, ctx, drain).await,
-                Http::H2 => serve_h2(io, Bytes::new(), svc, ctx, drain).await,
-            };
-            match ended {
+                Ok((_, io, first, drain)) => {
+                    Either::Right(Either::Left(serve_h1(io, first, svc, ctx, drain)))
+                }
+                Err(ended) => Either::Right(Either::Right(std::future::ready(ended))),
+            })
+            .map(move |ended| match ended {
                 Ok(Ended::Done | Ended::Parked) => {}
                 Ok(Ended::Expired(phase)) => {
-                    tracing::debug!(peer = %info.peer, ?phase, "connection closed at its deadline")
+                    tracing::debug!(%peer, ?phase, "connection closed at its deadline")
                 }
                 Err(e) => {
-                    tracing::debug!(peer = %info.peer, error = %e, "connection closed with an error")
+                    tracing::debug!(%peer, error = %e, "connection closed with an error")
                 }
+            })
+    }
+}
+
+/// What the first bytes say a plain connection speaks (a TLS one's ALPN
+/// said already), with the stream, those bytes and the shutdown signal
+/// handed back; or how the connection ended before it said anything.
+type Sniff<I> = Result<(Http, Sniffed<I>, Bytes, watch::Receiver<bool>), Result<Ended, BoxError>>;
+
+/// The first bytes choose the protocol; nothing of hyper's exists until
+/// they arrive. They are read into room for a whole request head, so hyper
+/// usually finds the request there and needs no read of its own. The room
+/// is left unwritten until read into (zeroing it cost more than the rest of
+/// a connection's setup).
+///
+/// Not an `async fn`, which would keep each argument twice (see
+/// [`serve_h1`]).
+fn sniff<I>(
+    mut io: Sniffed<I>,
+    http: Http,
+    activity: Arc<Activity>,
+    limits: Limits,
+    mut drain: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = Sniff<I>> + Send
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async move {
+        if http != Http::Sniff {
+            return Ok((http, io, Bytes::new(), drain));
+        }
+        let mut first = BytesMut::with_capacity(FIRST_READ);
+        loop {
+            let parked = lifecycle::park(&mut io, &mut first, &activity, limits, &mut drain).await;
+            let filled = first.len();
+            match parked {
+                Ok(Woken::Read(_)) => {}
+                Ok(Woken::Ended(e)) => return Err(Ok(e)),
+                Err(e) => return Err(Err(e.into())),
+            }
+            let seen = filled.min(H2_PREFACE.len());
+            if first[..seen] != H2_PREFACE[..seen] {
+                return Ok((Http::H1, io, first.freeze(), drain));
+            }
+            if seen == H2_PREFACE.len() {
+                return Ok((Http::H2, io, first.freeze(), drain));
             }
         }
     }
 }
 
-#[derive(Clone, Copy)]
-struct Ctx<'a> {
-    activity: &'a Arc<Activity>,
-    metrics: &'a Arc<Metrics>,
-    memo: &'a CookieMemo,
+/// What serving a connection needs besides its stream and service.
+struct Ctx {
+    activity: Arc<Activity>,
+    metrics: Arc<Metrics>,
+    memo: Arc<CookieMemo>,
     limits: Limits,
     max_header_bytes: usize,
 }
@@ -458,13 +483,13 @@ struct Ctx<'a> {
 ///
 /// Not an `async fn`: one would keep each argument twice, as passed and as
 /// moved into its body, for as long as the connection lives.
-fn serve_h1<'a, I, S>(
+fn serve_h1<I, S>(
     mut io: Sniffed<I>,
     mut first: Bytes,
     mut svc: S,
-    ctx: Ctx<'a>,
+    ctx: Ctx,
     mut drain: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = Result<Ended, BoxError>> + Send + 'a
+) -> impl std::future::Future<Output = Result<Ended, BoxError>> + Send
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Counted<crate::body::Body>>
@@ -481,13 +506,6 @@ where
         limits,
         max_header_bytes,
     } = ctx;
-    let mut builder = http1::Builder::new();
-    // No timer: the header deadline is lifecycle's, and hyper's HTTP/1
-    // server wants one only for its own (an allocation per connection).
-    builder
-        .header_read_timeout(None)
-        .keep_alive(!limits.keepalive.is_zero())
-        .max_buf_size(max_header_bytes.max(MIN_READ_BUF));
     async move {
         loop {
             let replay = Replay {
@@ -495,6 +513,16 @@ where
                 io,
                 activity: activity.clone(),
             };
+            // Made afresh each time: kept, it would take room in every
+            // idle connection.
+            let mut builder = http1::Builder::new();
+            // No timer: the header deadline is lifecycle's, and hyper's
+            // HTTP/1 server wants one only for its own (an allocation per
+            // connection).
+            builder
+                .header_read_timeout(None)
+                .keep_alive(!limits.keepalive.is_zero())
+                .max_buf_size(max_header_bytes.max(MIN_READ_BUF));
             let mut conn = Box::pin(
                 builder
                     .serve_connection(TokioIo::new(replay), svc)
@@ -504,7 +532,7 @@ where
             let finish = |c: Pin<&mut _>| {
                 hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(c)
             };
-            match lifecycle::drive(conn.as_mut(), finish, activity, limits, &mut drain, park)
+            match lifecycle::drive(conn.as_mut(), finish, &activity, limits, &mut drain, park)
                 .await?
             {
                 Ended::Parked => {}
@@ -519,7 +547,7 @@ where
                 crate::release::freed();
                 let _parked = metrics.parked();
                 let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
-                match lifecycle::park(&mut io, &mut buf, activity, limits, &mut drain).await? {
+                match lifecycle::park(&mut io, &mut buf, &activity, limits, &mut drain).await? {
                     Woken::Read(_) => first = buf.freeze(),
                     Woken::Ended(e) => return Ok(e),
                 }
@@ -554,7 +582,7 @@ async fn serve_h2<I, S>(
     io: Sniffed<I>,
     first: Bytes,
     svc: S,
-    ctx: Ctx<'_>,
+    ctx: Ctx,
     mut drain: watch::Receiver<bool>,
 ) -> Result<Ended, BoxError>
 where
@@ -582,7 +610,7 @@ where
     };
     let mut conn = Box::pin(builder.serve_connection(TokioIo::new(replay), svc));
     let finish = |c: Pin<&mut _>| hyper::server::conn::http2::Connection::graceful_shutdown(c);
-    Ok(lifecycle::drive(conn.as_mut(), finish, activity, limits, &mut drain, None).await?)
+    Ok(lifecycle::drive(conn.as_mut(), finish, &activity, limits, &mut drain, None).await?)
 }
 
 /// The stream hyper reads and writes: `first` (bytes read before hyper
