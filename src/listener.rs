@@ -431,6 +431,7 @@ type Sniff<I> = Result<(Http, Sniffed<I>, Bytes, watch::Receiver<bool>), Result<
 ///
 /// Not an `async fn`, which would keep each argument twice (see
 /// [`serve_h1`]).
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
 fn sniff<I>(
     mut io: Sniffed<I>,
     http: Http,
