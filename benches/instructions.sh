@@ -11,7 +11,8 @@
 #
 # Installs what is missing (valgrind, haproxy, nginx, curl with apt; oha with
 # cargo), builds tether and the bench backend in release, then calls
-# benches/load/instructions.py, which writes benches/results/instructions.md.
+# benches/load/instructions.py, which writes benches/results/instructions.md
+# (with --memory, benches/results/cache.md).
 # Every process it starts is bounded by `timeout` and stopped by PID; all
 # traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -24,7 +25,7 @@ while (($#)); do
   case "$1" in
     --requests) ARGS+=("$1" "$2"); shift ;;
     --memory) ARGS+=("$1") ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--requests N] [--memory]" >&2; exit 2 ;;
   esac
   shift
