@@ -48,11 +48,18 @@ fn upgrade_asked(version: Version, h: &HeaderMap) -> bool {
 }
 
 fn connection_has(h: &HeaderMap, token: &str) -> bool {
-    h.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
+    h.get_all(CONNECTION)
+        .iter()
+        .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(token)))
+}
+
+/// The comma-separated tokens of a `Connection` value, trimmed; none when
+/// the value is not visible ASCII.
+fn tokens(v: &HeaderValue) -> impl Iterator<Item = &str> {
+    v.to_str()
+        .into_iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim_ascii)
 }
 
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Upgrade` and
@@ -108,12 +115,9 @@ fn remove_connection(h: &mut HeaderMap, keep_upgrade: bool) {
     let first = values.next().cloned();
     let rest: Vec<HeaderValue> = values.cloned().collect();
     h.remove(CONNECTION);
-    for v in first.iter().chain(&rest) {
-        let Ok(listed) = v.to_str() else { continue };
-        for name in listed.split(',').map(str::trim_ascii) {
-            if !(keep_upgrade && name.eq_ignore_ascii_case("upgrade")) {
-                h.remove(name);
-            }
+    for name in first.iter().chain(&rest).flat_map(tokens) {
+        if !(keep_upgrade && name.eq_ignore_ascii_case("upgrade")) {
+            h.remove(name);
         }
     }
 }

@@ -78,7 +78,7 @@ impl Listener {
     /// took one from the others). Each loop holds at most one accepted
     /// connection waiting for a slot; the rest wait in the kernel's backlog,
     /// as they did before.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let local = self.socket.local_addr().ok();
         let proxied = self
             .proxy_protocol
@@ -86,8 +86,7 @@ impl Listener {
         // One wait for the stop signal for the whole loop, polled only when
         // it woke the task: a wait made per accept would enter and leave
         // the signal's waiter list (under its lock) twice per connection.
-        let mut stop = self.stop.clone();
-        let mut stopped = std::pin::pin!(stop.changed());
+        let mut stopped = std::pin::pin!(self.stop.changed());
         let mut side = WakeFlag::new();
         loop {
             let next = unless_stopped(&mut side, stopped.as_mut(), self.socket.accept());
