@@ -284,7 +284,8 @@ pub fn park_at(phase: Phase, since: Instant, park: Duration) -> Option<Instant> 
 /// [`Ended::Parked`] with `conn` still open: hyper holds buffers of some
 /// 30 KiB per connection that an idle one does not need. The watchdog then
 /// looks every `park`, so a connection is parked between `park` and twice
-/// that after its last response.
+/// that after its last response. Such a connection arms its watchdog only
+/// once it is first found not busy (see the body).
 ///
 /// # Errors
 /// What `conn` ends with.
@@ -299,9 +300,43 @@ pub async fn drive<C, E>(
 where
     C: Future<Output = Result<(), E>>,
 {
-    let first = match next(Phase::Silent, activity.opened, Instant::now(), limits) {
-        Next::Wait(at) => capped(park, Instant::now(), at),
-        _ => Instant::now(),
+    // HTTP/1 (`park` set): while a request is open no deadline is due, and
+    // a drain only needs to be seen before the response's head is written,
+    // which happens in a poll of this task. So until the connection is
+    // first found not busy, it takes neither a timer nor a place among the
+    // drain signal's waiters (each under a lock), and looks at the signal
+    // (one atomic load) before each poll: a connection that serves one
+    // request and closes never registers either.
+    let mut finished = false;
+    if park.is_some() {
+        let busy = std::future::poll_fn(|cx| {
+            if drain.has_changed().unwrap_or(true) {
+                return Poll::Ready(Event::Drain);
+            }
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Conn(r));
+            }
+            if activity.phase().0 == Phase::Busy {
+                return Poll::Pending;
+            }
+            Poll::Ready(Event::Deadline)
+        })
+        .await;
+        match busy {
+            Event::Conn(r) => return r.map(|()| Ended::Done),
+            Event::Drain => {
+                finish(conn.as_mut());
+                finished = true;
+            }
+            // Not busy: the deadlines are looked at below.
+            Event::Deadline => {}
+        }
+    }
+    let now = Instant::now();
+    let (phase, since) = activity.phase();
+    let first = match next(phase, since, now, limits) {
+        Next::Wait(at) => capped(park, now, at),
+        _ => now,
     };
     let sleep = tokio::time::sleep_until(first);
     tokio::pin!(sleep);
@@ -309,7 +344,6 @@ where
     // the task: most wake-ups are the connection's own.
     let mut side = WakeFlag::new();
     let mut drained = std::pin::pin!(drain.wait_for(|d| *d));
-    let mut finished = false;
     let mut finishing_since: Option<Instant> = None;
     loop {
         let event = std::future::poll_fn(|cx| {

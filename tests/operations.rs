@@ -689,3 +689,28 @@ async fn shutdown_closes_websockets_at_the_end_of_grace() {
     );
     tokio::time::timeout(HANG, stopping).await.unwrap().unwrap();
 }
+
+/// A shutdown that begins while a keep-alive request is with the backend:
+/// the answer still comes, says `Connection: close`, and the connection
+/// ends after it.
+#[tokio::test]
+async fn shutdown_during_a_request_answers_it_with_connection_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("app1").await;
+    let t = Tether::start(&config("", &[&a])).await;
+    let mut tcp = tokio::net::TcpStream::connect(t.addr()).await.unwrap();
+    tcp.write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the request reached the backend", || a.hits() == 1).await;
+    let stopping = tokio::spawn(t.stop());
+    let mut got = Vec::new();
+    tokio::time::timeout(HANG, tcp.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(got.starts_with("http/1.1 200"), "{got}");
+    assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
+    tokio::time::timeout(HANG, stopping).await.unwrap().unwrap();
+}
