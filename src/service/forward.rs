@@ -8,8 +8,8 @@ use super::*;
 /// needs.
 pub(super) struct Outbound {
     pub(super) req: Request<Body>,
-    /// Set when the request can be rebuilt and sent again.
-    pub(super) replay: Option<Replay>,
+    /// Whether the request can be rebuilt and sent again.
+    pub(super) replayable: bool,
     /// Set when the request has a body that can break or stall.
     pub(super) watch: Option<Arc<BodyWatch>>,
 }
@@ -28,8 +28,7 @@ pub(super) fn outbound(
     // An idempotent request without a body can be rebuilt and replayed if a
     // backend breaks before answering; anything else is sent at most once
     // after its bytes may have reached a backend.
-    let replay = (is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body))
-        .then(|| Replay::new(&parts));
+    let replayable = is_idempotent(&parts.method) && http_body::Body::is_end_stream(&body);
     // Only a request with a body can break or stall mid-stream.
     let (body, watch) = if http_body::Body::is_end_stream(&body) {
         (Body::stream(body), None)
@@ -45,7 +44,7 @@ pub(super) fn outbound(
     };
     Outbound {
         req: Request::from_parts(parts, body),
-        replay,
+        replayable,
         watch,
     }
 }
@@ -90,14 +89,12 @@ pub(super) async fn retry<'s>(
     conn: ConnInfo,
     plan: &mut Plan,
     first: SendError,
-    replay: Option<Replay>,
+    replayable: bool,
     watch: Option<Arc<BodyWatch>>,
     now: u64,
 ) -> Result<(Response<Incoming>, Lease), (ProxyError, Option<&'s Arc<Backend>>)> {
     let b = &snap.backends[plan.backend];
-    let SendError { failure, request } = first;
-    let (err, again) = failed(snap, b, watch.as_deref(), failure, request, replay.as_ref())
-        .map_err(|e| (e, Some(b)))?;
+    let (err, again) = failed(snap, b, watch.as_deref(), first).map_err(|e| (e, Some(b)))?;
     if matches!(err, ProxyError::Connect { .. }) && strict_pinned(snap, plan) {
         // Nothing was sent and the session may not move: it is told to come
         // back, as when its backend is known to be down.
@@ -111,21 +108,15 @@ pub(super) async fn retry<'s>(
     let b = &snap.backends[plan.backend];
     let sent_at = attempt(b, None);
     let sent = snap.upstreams[plan.backend]
-        .send(
-            r,
-            replay.as_ref(),
-            watch.as_deref(),
-            &snap.upstream_timeouts,
-        )
+        .send(r, replayable, watch.as_deref(), &snap.upstream_timeouts)
         .await;
     match sent {
         Ok(ok) => {
             delivered(shared, b, sent_at);
             Ok(ok)
         }
-        Err(SendError { failure, request }) => {
-            let (err, _) = failed(snap, b, watch.as_deref(), failure, request, replay.as_ref())
-                .map_err(|e| (e, Some(b)))?;
+        Err(e) => {
+            let (err, _) = failed(snap, b, watch.as_deref(), e).map_err(|e| (e, Some(b)))?;
             Err((err, Some(b)))
         }
     }
@@ -134,15 +125,18 @@ pub(super) async fn retry<'s>(
 /// What a failed attempt on backend `b` means. `Err`: the client's body
 /// broke or stalled, its fault and not the backend's. `Ok`: the backend's
 /// error, and the request to try elsewhere when nothing reached `b` or the
-/// request can be rebuilt.
+/// request was rebuilt.
 pub(super) fn failed(
     snap: &Snapshot,
     b: &Backend,
     watch: Option<&BodyWatch>,
-    failure: Failure,
-    request: Option<Request<Body>>,
-    replay: Option<&Replay>,
+    sent: SendError,
 ) -> Result<(ProxyError, Option<Request<Body>>), ProxyError> {
+    let SendError {
+        failure,
+        request,
+        replay,
+    } = sent;
     match (watch.map_or(0, BodyWatch::get), &failure) {
         (BODY_BROKEN, Failure::Broken(_) | Failure::Dropped(_)) => {
             return Err(ProxyError::BadRequest("malformed request body"));
@@ -184,7 +178,7 @@ pub(super) fn failed(
                 backend: name.to_string(),
                 source,
             },
-            replay.map(Replay::build),
+            replay,
         ),
         Failure::Timeout => (
             ProxyError::Timeout {

@@ -31,7 +31,7 @@ use crate::session::{Control, Pin, SessionState};
 use crate::snapshot::Snapshot;
 use crate::store::{EndReason, Found, Insert, Record, SessionKey, SessionStore, Sightings, Store};
 use crate::upgrade::{self, Upgrades};
-use crate::upstream::{Failure, Lease, Replay, SendError};
+use crate::upstream::{Failure, Lease, SendError};
 
 mod forward;
 mod plan;
@@ -265,16 +265,15 @@ async fn proxy<'s>(
             .ok_or((ProxyError::NoBackend, None))?
     };
     let client_upgrade = headers::wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let Outbound { req, replay, watch } = outbound(snap, conn, req, plan.state);
+    let Outbound {
+        req,
+        replayable,
+        watch,
+    } = outbound(snap, conn, req, plan.state);
     let at_once = plans_at_once(snap.sticky, matches!(shared.store, Store::Memory(_)));
     let sent_at = attempt(&snap.backends[plan.backend], at_once.then_some(arrived));
     let sent = snap.upstreams[plan.backend]
-        .send(
-            req,
-            replay.as_ref(),
-            watch.as_deref(),
-            &snap.upstream_timeouts,
-        )
+        .send(req, replayable, watch.as_deref(), &snap.upstream_timeouts)
         .await;
     let (mut resp, lease) = match sent {
         Ok(ok) => {
@@ -283,7 +282,12 @@ async fn proxy<'s>(
         }
         // Rare, and boxed so that the retry's state does not widen every
         // request's future (moved whole at each await).
-        Err(e) => Box::pin(retry(shared, snap, conn, &mut plan, e, replay, watch, now)).await?,
+        Err(e) => {
+            Box::pin(retry(
+                shared, snap, conn, &mut plan, e, replayable, watch, now,
+            ))
+            .await?
+        }
     };
 
     let backend = &snap.backends[plan.backend];

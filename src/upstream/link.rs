@@ -22,6 +22,8 @@ use crate::body::Body;
 use crate::coalesce::Coalesce;
 use crate::config::{self, BackendTls, Protocol};
 
+use super::tape::{Tape, Taped};
+
 /// Where a backend is and what tether speaks to it.
 pub struct Link {
     addr: SocketAddr,
@@ -80,14 +82,19 @@ impl Link {
 
     /// A connected, handshaken HTTP/1.1 connection; its driver is spawned
     /// (with upgrades, for WebSocket).
-    pub(super) async fn http1(&self, connect: Duration) -> io::Result<http1::SendRequest<Body>> {
+    pub(super) async fn http1(
+        &self,
+        connect: Duration,
+    ) -> io::Result<(http1::SendRequest<Body>, Arc<Tape>)> {
+        let tape = Arc::new(Tape::default());
         let within = tokio::time::timeout(connect, async {
+            let t = tape.clone();
             match self.dial().await? {
-                Io::Plain(s) => h1(TokioIo::new(Coalesce(s))).await,
-                Io::Tls(s) => h1(TokioIo::new(Coalesce(s))).await,
+                Io::Plain(io) => h1(TokioIo::new(Coalesce(Taped { io, tape: t }))).await,
+                Io::Tls(io) => h1(TokioIo::new(Coalesce(Taped { io, tape: t }))).await,
             }
         });
-        within.await.unwrap_or_else(|_| Err(timed_out()))
+        Ok((within.await.unwrap_or_else(|_| Err(timed_out()))?, tape))
     }
 
     /// A connected, handshaken HTTP/2 connection; its driver is spawned.
@@ -166,7 +173,7 @@ impl Link {
             self.prepare(&mut req);
             let resp = match self.protocol {
                 Protocol::Http1 => {
-                    let mut s = self.http1(timeout).await.map_err(|e| e.to_string())?;
+                    let (mut s, _) = self.http1(timeout).await.map_err(|e| e.to_string())?;
                     s.send_request(req).await
                 }
                 Protocol::H2 => {

@@ -33,8 +33,10 @@ use crate::body::{Body, BodyWatch, OnEnd};
 use crate::config::{self, Protocol};
 
 mod link;
+mod tape;
 
 pub use link::Link;
+use tape::Tape;
 
 /// Idle connections kept per backend; more are closed when released.
 /// Above the concurrency one core drives (400 requests in flight to one
@@ -80,17 +82,25 @@ pub struct SendError {
     pub failure: Failure,
     /// The untouched request, present only if nothing reached the backend.
     pub request: Option<Request<Body>>,
+    /// The request rebuilt, when it may have reached the backend and was
+    /// sent as replayable.
+    pub replay: Option<Request<Body>>,
 }
 
 impl SendError {
     fn new(failure: Failure, request: Option<Request<Body>>) -> SendError {
-        SendError { failure, request }
+        SendError {
+            failure,
+            request,
+            replay: None,
+        }
     }
 }
 
-/// What is needed to send an idempotent, bodiless request again.
+/// What is needed to send an idempotent, bodiless request again over
+/// HTTP/2, which writes no head to keep (see [`tape`] for HTTP/1).
 #[derive(Debug, Clone)]
-pub struct Replay {
+struct Replay {
     method: http::Method,
     uri: http::Uri,
     headers: http::HeaderMap,
@@ -98,16 +108,16 @@ pub struct Replay {
 
 impl Replay {
     /// Captures a request head for replay.
-    pub fn new(parts: &http::request::Parts) -> Replay {
+    fn new(req: &Request<Body>) -> Replay {
         Replay {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
         }
     }
 
     /// A fresh copy of the request, with an empty body.
-    pub fn build(&self) -> Request<Body> {
+    fn build(&self) -> Request<Body> {
         let mut r = Request::new(Body::empty());
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
@@ -171,14 +181,17 @@ enum Sender {
 struct H1 {
     send: http1::SendRequest<Body>,
     response: Pin<Box<tokio::time::Sleep>>,
+    /// What the connection wrote for its current request.
+    tape: Arc<Tape>,
 }
 
 impl H1 {
     /// Needs the runtime (for its timer).
-    fn new(send: http1::SendRequest<Body>) -> H1 {
+    fn new((send, tape): (http1::SendRequest<Body>, Arc<Tape>)) -> H1 {
         H1 {
             send,
             response: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            tape,
         }
     }
 }
@@ -357,16 +370,19 @@ impl Pool {
     /// [`Failure::Connect`] hands the request back (nothing was sent). A
     /// pooled connection that turns out dead is replaced by a fresh one
     /// without the caller noticing: at once if the request was never
-    /// written, and, for a `replay`able request, also if the backend closed
-    /// the kept-alive connection before answering (the keep-alive race).
+    /// written, and, for a `replayable` request (idempotent, bodiless), also
+    /// if the backend closed the kept-alive connection before answering (the
+    /// keep-alive race). A replayable request that broke otherwise comes
+    /// back rebuilt in [`SendError::replay`].
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Body>,
-        replay: Option<&Replay>,
+        replayable: bool,
         body: Option<&BodyWatch>,
         t: &Timeouts,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         self.link.prepare(&mut req);
+        let copy = (replayable && self.link.protocol() == Protocol::H2).then(|| Replay::new(&req));
         let mut fresh_only = false;
         // Each stale pooled connection is discarded; the loop ends on a fresh one.
         loop {
@@ -379,6 +395,7 @@ impl Pool {
                     if pooled && c.send.ready().await.is_err() {
                         continue;
                     }
+                    c.tape.start(replayable);
                     let exchange = c.send.try_send_request(req);
                     (Either::Left(exchange), Some(c.response.as_mut()))
                 }
@@ -435,21 +452,31 @@ impl Pool {
                         let e = io::Error::other(e.into_error());
                         return Err(SendError::new(Failure::Connect(e), Some(r)));
                     }
-                    None => match replay {
-                        Some(r) if pooled => {
-                            fresh_only = true;
-                            req = r.build();
+                    None => {
+                        let again = match &sender {
+                            Sender::H1(c) => c.tape.replay(),
+                            Sender::H2(_) => copy.as_ref().map(Replay::build),
+                        };
+                        match again {
+                            Some(r) if pooled => {
+                                fresh_only = true;
+                                req = r;
+                            }
+                            replay => {
+                                let e = e.into_error();
+                                let failure = if pooled && closed_under_us(&e) {
+                                    Failure::Dropped(e)
+                                } else {
+                                    Failure::Broken(e)
+                                };
+                                return Err(SendError {
+                                    failure,
+                                    request: None,
+                                    replay,
+                                });
+                            }
                         }
-                        _ => {
-                            let e = e.into_error();
-                            let failure = if pooled && closed_under_us(&e) {
-                                Failure::Dropped(e)
-                            } else {
-                                Failure::Broken(e)
-                            };
-                            return Err(SendError::new(failure, None));
-                        }
-                    },
+                    }
                 },
             }
         }
@@ -511,7 +538,7 @@ mod tests {
             let _keep = theirs;
             let _ = conn.await;
         });
-        H1::new(s)
+        H1::new((s, Arc::default()))
     }
 
     fn pool() -> Arc<Pool> {

@@ -129,6 +129,70 @@ async fn a_new_session_retried_on_another_backend_stays_new() {
     }
 }
 
+// ---------------------------------------------------------------- dropped unanswered
+
+/// A backend that reads a request head and closes without a byte of answer,
+/// as a crashing server does; it counts the heads it read.
+async fn dropper() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicU64::new(0));
+    let h = heads.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // Health probes are not requests.
+                if !got.starts_with(b"GET /healthz") {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, heads, task)
+}
+
+/// A GET the backend read and then dropped unanswered is sent again, as it
+/// was written, to the next backend: the client gets the answer, not a 502.
+#[tokio::test]
+async fn a_get_its_backend_dropped_unanswered_is_replayed_on_the_next_one() {
+    let (addr, heads, task) = dropper().await;
+    let live = Backend::start("live").await;
+    // A high `fall` keeps the dropping one a candidate for every request.
+    let cfg = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[session]\nsecret = \"{SECRET}\"\n\n\
+         [health]\nfall = 1000\n\n\
+         [[backend]]\nname = \"dropper\"\naddress = \"{addr}\"\n\n\
+         [[backend]]\nname = \"live\"\naddress = \"{}\"\n",
+        live.addr
+    );
+    let t = Tether::start(&cfg).await;
+    for _ in 0..40 {
+        let r = plain_get(t.addr(), "/a?b=c", &[("x-kept", "one"), ("x-kept", "two")]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.backend(), "live");
+        assert_eq!(r.json()["path"], "/a");
+        assert_eq!(r.seen("x-kept"), ["one", "two"]);
+        if heads.load(Ordering::SeqCst) >= 3 {
+            break;
+        }
+    }
+    assert!(
+        heads.load(Ordering::SeqCst) >= 3,
+        "the dropping backend was never tried first"
+    );
+    t.stop().await;
+    task.abort();
+}
+
 // ---------------------------------------------------------------- slow uploads
 
 /// A request body the test feeds chunk by chunk, at its own pace.
