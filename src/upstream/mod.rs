@@ -427,7 +427,10 @@ impl Pool {
                 None => return Err(SendError::new(Failure::Timeout, None)),
                 Some(Ok(resp)) => {
                     let sender = match sender {
-                        Sender::H1(s) => Some(s),
+                        Sender::H1(s) => {
+                            s.tape.stop();
+                            Some(s)
+                        }
                         Sender::H2(_) => None,
                     };
                     return Ok((
@@ -552,6 +555,55 @@ mod tests {
     }
 
     const IDLE: Duration = Duration::from_secs(2);
+
+    /// A pooled connection over an in-memory pipe whose far end answers
+    /// every request head with an empty 200, keeping what it writes on its
+    /// tape.
+    async fn answering() -> H1 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let tape = Arc::new(Tape::default());
+        let io = crate::coalesce::Coalesce(tape::Taped {
+            io: ours,
+            tape: tape.clone(),
+        });
+        let (s, conn) = http1::handshake(TokioIo::new(io)).await.expect("handshake");
+        tokio::spawn(conn);
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = theirs.read(&mut buf).await {
+                got.extend_from_slice(&buf[..n]);
+                while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    got.drain(..end + 4);
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if theirs.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        H1::new((s, tape))
+    }
+
+    /// Once a replayable request has its answer, its connection's tape keeps
+    /// nothing more: what follows (an upgraded connection's bytes, say) is no
+    /// request to replay, and would only grow the buffer.
+    #[tokio::test]
+    async fn a_tape_stops_when_its_request_is_answered() {
+        let p = pool();
+        p.release(answering().await, Instant::now(), IDLE);
+        let t = Timeouts {
+            connect: IDLE,
+            idle: IDLE,
+            response: IDLE,
+        };
+        let req = Request::get("/a").body(Body::empty()).expect("a request");
+        let (resp, lease) = p.send(req, true, None, &t).await.expect("answered");
+        assert_eq!(resp.status(), 200);
+        let tape = &lease.sender.as_ref().expect("HTTP/1").tape;
+        assert!(tape.replay().is_none(), "still rolling after the answer");
+    }
 
     #[tokio::test]
     async fn a_burst_above_256_keeps_its_connections_for_the_next() {

@@ -45,6 +45,13 @@ impl Tape {
         self.rolling.store(rolling, Ordering::Release);
     }
 
+    /// Keeps nothing more: the request got its answer, so it will not be
+    /// replayed, and what the connection writes next (the bytes of an
+    /// upgraded connection, say) is not a request head.
+    pub(super) fn stop(&self) {
+        self.rolling.store(false, Ordering::Release);
+    }
+
     fn record(&self, written: &[u8]) {
         if written.is_empty() || !self.rolling.load(Ordering::Acquire) {
             return;
