@@ -14,7 +14,9 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
+
+use crate::passthrough::read_through;
 
 /// The most bytes one vectored write is copied to go out as one.
 pub(crate) const MAX: usize = 16 * 1024;
@@ -60,15 +62,7 @@ pub(crate) fn poll_write_vectored<W: AsyncWrite + ?Sized>(
 /// everything else passes through.
 pub struct Coalesce<I>(pub I);
 
-impl<I: AsyncRead + Unpin> AsyncRead for Coalesce<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
+read_through!([I] Coalesce<I>, 0);
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesce<I> {
     fn poll_write(

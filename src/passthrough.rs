@@ -1,6 +1,7 @@
-//! The write half of a socket wrapper that only watches its reads: every
-//! `AsyncWrite` call goes straight to the wrapped stream, vectored writes
-//! included, so the wrapper costs nothing on the way out.
+//! The half of a socket wrapper that it does not watch: a wrapper that only
+//! watches its reads hands every `AsyncWrite` call straight to the wrapped
+//! stream, vectored writes included, and one that only works on its writes
+//! hands reads through, so the wrapper costs nothing that way.
 
 /// `write_through!([T] Wrapper<T>, field)` implements `AsyncWrite` for
 /// `Wrapper<T>` by handing every call to `self.field` (`[]` when the wrapper
@@ -42,4 +43,21 @@ macro_rules! write_through {
     };
 }
 
-pub(crate) use write_through;
+/// `read_through!([T] Wrapper<T>, field)` implements `AsyncRead` for
+/// `Wrapper<T>` by handing every read to `self.field` (a name, or `0` for a
+/// tuple struct). The field must be `Unpin`.
+macro_rules! read_through {
+    ([$($g:ident)?] $ty:ty, $field:tt) => {
+        impl<$($g: ::tokio::io::AsyncRead + Unpin)?> ::tokio::io::AsyncRead for $ty {
+            fn poll_read(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                buf: &mut ::tokio::io::ReadBuf<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::tokio::io::AsyncRead::poll_read(::std::pin::Pin::new(&mut self.$field), cx, buf)
+            }
+        }
+    };
+}
+
+pub(crate) use {read_through, write_through};

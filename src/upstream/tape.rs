@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use hyper::Request;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 
 use crate::body::Body;
+use crate::passthrough::read_through;
 
 /// The most bytes a tape keeps: a head longer than this is not replayed.
 const LIMIT: usize = 64 * 1024;
@@ -108,15 +109,7 @@ pub(super) struct Taped<I> {
     pub(super) tape: Arc<Tape>,
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Taped<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
+read_through!([I] Taped<I>, io);
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Taped<I> {
     fn poll_write(
