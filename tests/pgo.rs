@@ -161,5 +161,6 @@ fn only_optimised_builds_by_a_compiler_that_reads_the_profile_get_it() {
         } else {
             assert!(added.is_empty(), "{what}: {added:?}");
         }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
