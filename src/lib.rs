@@ -60,6 +60,7 @@ pub mod session;
 pub mod snapshot;
 pub mod store;
 pub mod tls;
+pub mod tls_stream;
 pub mod upgrade;
 pub mod upstream;
 mod wake_flag;

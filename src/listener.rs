@@ -20,12 +20,12 @@ use futures_util::FutureExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::error::Elapsed;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
 use crate::framing::{Sniffed, Verdicts};
 use crate::lifecycle::{self, Activity, Counted, Drain, Ended, Limits, Woken};
@@ -34,6 +34,7 @@ use crate::passthrough::write_through;
 use crate::proxy_protocol::{self, Refused};
 use crate::service::{self, ConnInfo, Shared};
 use crate::session::memo::CookieMemo;
+use crate::tls_stream::{self, TlsStream};
 use crate::wake_flag::WakeFlag;
 
 /// hyper refuses read buffers under 8 KiB; smaller `max_header_bytes` are
@@ -45,7 +46,7 @@ pub struct Listener {
     /// The bound socket.
     pub socket: TcpListener,
     /// `Some` on TLS listeners.
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Arc<ServerConfig>>,
     /// Every connection begins with a PROXY protocol header.
     pub proxy_protocol: bool,
     /// Shared request-path state.
@@ -150,7 +151,7 @@ async fn unless_stopped<F: std::future::Future>(
 /// connections accepted after it).
 async fn accepted(
     shared: Arc<Shared>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
     proxied: Option<Arc<ProxyProtocol>>,
     drain: watch::Receiver<bool>,
     mut stream: Slotted,
@@ -206,10 +207,14 @@ async fn accepted(
     // The serving futures and the handshake are boxed: the task keeps the
     // room its largest state needs for as long as the connection lives, and
     // an idle connection needs a few hundred bytes of it.
-    let Some(acceptor) = tls else {
+    let Some(config) = tls else {
         return Box::pin(conn.serve(stream, Http::Sniff)).await;
     };
-    let handshake = Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream))).await;
+    let handshake = Box::pin(tokio::time::timeout_at(
+        deadline,
+        tls_stream::accept(config, stream),
+    ))
+    .await;
     if let Some(serve) = handshaken(conn, handshake, &metrics, peer) {
         serve.await
     }
@@ -220,17 +225,17 @@ async fn accepted(
 /// the connection's task keeps no room for the stream it hands on.
 fn handshaken(
     conn: Conn,
-    handshake: Result<io::Result<tokio_rustls::server::TlsStream<Slotted>>, Elapsed>,
+    handshake: Result<io::Result<TlsStream<Slotted>>, Elapsed>,
     metrics: &Metrics,
     peer: SocketAddr,
 ) -> Option<Pin<Box<impl std::future::Future<Output = ()> + Send>>> {
     match handshake {
         Ok(Ok(s)) => {
             metrics.tls_handshake(true);
-            if s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            if s.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                 metrics.tls_resumed();
             }
-            let http = match s.get_ref().1.alpn_protocol() {
+            let http = match s.alpn_protocol() {
                 Some(b"h2") => Http::H2,
                 _ => Http::H1,
             };

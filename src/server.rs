@@ -13,7 +13,6 @@ use rand::TryRngCore;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
 use crate::clock::Clock;
@@ -106,10 +105,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
     };
     let resumption = config.tls.as_ref().is_some_and(|t| t.session_resumption);
     let acceptor = match &resolver {
-        Some(r) => Some(TlsAcceptor::from(tls::server_config(
-            r.clone(),
-            resumption,
-        )?)),
+        Some(r) => Some(tls::server_config(r.clone(), resumption)?),
         None => None,
     };
 
