@@ -11,6 +11,7 @@
 //! main.rs → server.rs → listener.rs → tls.rs → service/   ─┬─▶ hygiene.rs             request → refused (400/431) or routed
 //!              lifecycle.rs: each connection's deadlines    ├─▶ session/source+cookie  request → affinity key, verified pin
 //!              coalesce.rs: small writes as one send        │
+//!              tls_stream.rs: client TLS, no idle buffers   │
 //!                                                           │   (session/memo: a connection's last verified cookie, not verified again)
 //!                                                           ├─▶ store/                 key → record (or "unavailable")
 //!                                                           ├─▶ session/decide         (key, pin, record, now, eligible?) → decision

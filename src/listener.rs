@@ -107,6 +107,9 @@ impl Listener {
                 None | Some(Err(_)) => break,
             };
             let opened = Instant::now();
+            // Inherited from the listening socket on Linux (see
+            // `server::bind_client_listener`).
+            #[cfg(not(target_os = "linux"))]
             let _ = stream.set_nodelay(true);
             let stream = Slotted {
                 io: stream,

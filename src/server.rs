@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rand::TryRngCore;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -74,6 +74,22 @@ impl std::fmt::Debug for Running {
 }
 
 /// The effective session secret: the config's, or 32 fresh bytes.
+/// Binds a client listener as `TcpListener::bind` does (address reuse, the
+/// standard library's backlog), with TCP_NODELAY set on the listening
+/// socket: Linux copies it to every socket accepted from it, which saves
+/// each connection a system call.
+fn bind_client_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
+}
+
 fn effective_secret(config: &Config) -> Vec<u8> {
     if !config.session.secrets.current.is_empty() {
         return config.session.secrets.current.clone();
@@ -189,12 +205,10 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
     let drain = Arc::new(Drain::default());
     let mut sockets = Vec::new();
     for l in &config.listeners {
-        let socket = TcpListener::bind(l.bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: l.bind,
-                source,
-            })?;
+        let socket = bind_client_listener(l.bind).map_err(|source| StartError::Bind {
+            addr: l.bind,
+            source,
+        })?;
         sockets.push((socket, *l));
     }
     let mut addrs = Vec::new();
@@ -469,5 +483,23 @@ pub async fn terminate_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_socket_is_accepted_with_nodelay_on() {
+        for any in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = bind_client_listener(any.parse().unwrap()) else {
+                continue; // no IPv6 here
+            };
+            let addr = listener.local_addr().unwrap();
+            let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            assert!(accepted.nodelay().unwrap(), "{any}: Nagle left on");
+        }
     }
 }
