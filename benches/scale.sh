@@ -14,7 +14,9 @@ ROOT=$(pwd)
 log() { echo "scale: $*" >&2; }
 source benches/load/needs.sh
 needs python3 curl taskset:util-linux
-cargo build --release --quiet --bin tether --example bench_backend --example session_load
+# tether on its own, as README builds it (see pgo/train.sh), then the examples.
+cargo build --release --quiet --bin tether
+cargo build --release --quiet --example bench_backend --example session_load
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 exec python3 "$ROOT/benches/load/scale.py" \
   --tether "$TARGET/release/tether" \

@@ -14,7 +14,9 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 log() { echo "screenshot: $*" >&2; }
 command -v chromium >/dev/null || { log "needs chromium (apt-get install chromium)"; exit 1; }
-cargo build --release --quiet --bin tether --example bench_backend --example sticky_load
+# tether on its own, as README builds it (see pgo/train.sh), then the examples.
+cargo build --release --quiet --bin tether
+cargo build --release --quiet --example bench_backend --example sticky_load
 T=${CARGO_TARGET_DIR:-$ROOT/target}/release
 WORK=$(mktemp -d)
 PIDS=()

@@ -30,8 +30,14 @@ cleanup() {
 trap cleanup EXIT
 
 log "building an instrumented tether and bench_backend in $TARGET"
+# tether on its own, as `cargo build --release` builds it: built in one go
+# with an example, its dependencies would get the dev-dependencies' features
+# too, and with them other symbol names, which the release build would not
+# find in the profile.
 TETHER_PGO=off RUSTFLAGS="-Cprofile-generate=$WORK/ignored" CARGO_TARGET_DIR="$TARGET" \
-  cargo build --release --quiet --bin tether --example bench_backend
+  cargo build --release --quiet --bin tether
+TETHER_PGO=off RUSTFLAGS="-Cprofile-generate=$WORK/ignored" CARGO_TARGET_DIR="$TARGET" \
+  cargo build --release --quiet --example bench_backend
 
 B=(19301 19302 19303)
 PLAIN=19304 TLS=19305 ADMIN=19306
