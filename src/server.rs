@@ -78,7 +78,7 @@ impl std::fmt::Debug for Running {
 /// standard library's backlog), with TCP_NODELAY set on the listening
 /// socket: Linux copies it to every socket accepted from it, which saves
 /// each connection a system call.
-fn bind_client_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind_client_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -87,7 +87,15 @@ fn bind_client_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
-    socket.listen(128)
+    socket.listen(backlog)
+}
+
+/// The listen backlog for `max_connections`: HAProxy's default, as many
+/// as may be served at once (the kernel caps it at `net.core.somaxconn`).
+fn backlog(max_connections: usize) -> u32 {
+    u32::try_from(max_connections)
+        .unwrap_or(u32::MAX)
+        .clamp(128, 65_535)
 }
 
 fn effective_secret(config: &Config) -> Vec<u8> {
@@ -205,10 +213,12 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
     let drain = Arc::new(Drain::default());
     let mut sockets = Vec::new();
     for l in &config.listeners {
-        let socket = bind_client_listener(l.bind).map_err(|source| StartError::Bind {
-            addr: l.bind,
-            source,
-        })?;
+        let socket = bind_client_listener(l.bind, backlog(config.limits.max_connections)).map_err(
+            |source| StartError::Bind {
+                addr: l.bind,
+                source,
+            },
+        )?;
         sockets.push((socket, *l));
     }
     let mut addrs = Vec::new();
@@ -493,7 +503,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_socket_is_accepted_with_nodelay_on() {
         for any in ["127.0.0.1:0", "[::1]:0"] {
-            let Ok(listener) = bind_client_listener(any.parse().unwrap()) else {
+            let Ok(listener) = bind_client_listener(any.parse().unwrap(), 128) else {
                 continue; // no IPv6 here
             };
             let addr = listener.local_addr().unwrap();
@@ -501,5 +511,32 @@ mod tests {
             let (accepted, _) = listener.accept().await.unwrap();
             assert!(accepted.nodelay().unwrap(), "{any}: Nagle left on");
         }
+    }
+
+    #[test]
+    fn the_backlog_follows_max_connections_within_bounds() {
+        for (max, want) in [(1, 128), (128, 128), (10_000, 10_000), (1 << 40, 65_535)] {
+            assert_eq!(backlog(max), want, "max_connections {max}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_backlog_not_in_syn_retries() {
+        const BURST: usize = 300;
+        let listener =
+            bind_client_listener("127.0.0.1:0".parse().unwrap(), backlog(10_000)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nothing accepts: every connection has to wait in the queue. One
+        // the queue had no room for has its SYN dropped, and its connect
+        // waits a second for the retry.
+        let connects = (0..BURST).map(|_| {
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let done = futures_util::future::join_all(connects).await;
+        let open = done.iter().filter(|c| matches!(c, Ok(Ok(_)))).count();
+        assert_eq!(open, BURST, "connections kept waiting for a SYN retry");
     }
 }
