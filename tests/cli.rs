@@ -184,6 +184,48 @@ async fn the_demo_serves_its_backends_over_tls_with_the_embedded_certificate() {
     running.shutdown().await;
 }
 
+/// With every slot of `max_connections` taken, new clients wait in the
+/// listen backlog, which is as large: none of a burst has its SYN dropped
+/// and waits a second for the retry. Run as its own process, so that its
+/// descriptors are not the test's.
+#[tokio::test]
+async fn a_burst_past_max_connections_waits_in_the_backlog() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SLOTS: usize = 200;
+    const BURST: usize = 190;
+    let a = Backend::start("app1").await;
+    let p = write_config(
+        "backlog",
+        &(config("", &[&a]) + &format!("\n[limits]\nmax_connections = {SLOTS}\n")),
+    );
+    let (_child, addrs, _logs) = spawn_tether(&p, 1);
+    // Every slot held by a served, idle keep-alive connection.
+    let held = futures_util::future::join_all((0..SLOTS).map(|_| async {
+        let mut c = tokio::net::TcpStream::connect(addrs[0]).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0; 12];
+        tokio::time::timeout(HANG, c.read_exact(&mut head))
+            .await
+            .expect("a held connection is served")
+            .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        c
+    }))
+    .await;
+    let burst = futures_util::future::join_all((0..BURST).map(|_| {
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addrs[0]),
+        )
+    }))
+    .await;
+    let queued = burst.iter().filter(|c| matches!(c, Ok(Ok(_)))).count();
+    assert_eq!(queued, BURST, "connects left waiting for a SYN retry");
+    drop(held);
+}
+
 async fn backends_of(admin: std::net::SocketAddr) -> usize {
     backends(admin).await.len()
 }

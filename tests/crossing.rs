@@ -294,6 +294,60 @@ async fn a_64_mib_download_streams_through() {
     assert_eq!(n, BIG);
 }
 
+/// Both directions over TLS, each many records and more than the stream
+/// keeps unsent: the upload reaches the backend whole, the download the
+/// client.
+#[tokio::test]
+async fn large_bodies_cross_tls_whole_both_ways() {
+    const SIZE: usize = 4 * 1024 * 1024;
+    let a = Backend::start("app1").await;
+    let t = Tether::start(&config_tls("", &[&a])).await;
+    let tcp = TcpStream::connect(t.addrs[0]).await.unwrap();
+    let tls = tls_connector(&[b"http/1.1"])
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+
+    let up = Request::post("/count")
+        .header("host", "localhost")
+        .body(Repeat {
+            chunk: Bytes::from(vec![b'u'; 50_000]),
+            left: SIZE / 50_000,
+        })
+        .unwrap();
+    let resp = tokio::time::timeout(HANG, s.send_request(up))
+        .await
+        .unwrap()
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, (SIZE / 50_000 * 50_000).to_string());
+
+    // The same connection, so the upload left nothing behind in it.
+    let down = Request::get(format!("/bytes/{SIZE}"))
+        .header("host", "localhost")
+        .body(Repeat {
+            chunk: Bytes::new(),
+            left: 0,
+        })
+        .unwrap();
+    let resp = tokio::time::timeout(HANG, s.send_request(down))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut n = 0usize;
+    while let Some(f) = tokio::time::timeout(HANG, body.frame()).await.unwrap() {
+        let d = f.unwrap().into_data().unwrap_or_default();
+        assert!(d.iter().all(|&b| b == b'x'), "the download's bytes changed");
+        n += d.len();
+    }
+    assert_eq!(n, SIZE);
+}
+
 #[tokio::test]
 async fn websocket_upgrade_is_spliced_to_the_pinned_backend() {
     let a = Backend::start("app1").await;
