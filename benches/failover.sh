@@ -103,9 +103,8 @@ command -v curl >/dev/null 2>&1 || {
 }
 
 log "building (release): tether, bench_backend, sticky_load"
-# tether on its own, as README builds it (see pgo/train.sh), then the examples.
-cargo build --release --quiet --bin tether
-cargo build --release --quiet --example bench_backend --example sticky_load
+source benches/load/build.sh
+build_release bench_backend sticky_load
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 TETHER=$TARGET/release/tether
 BACKEND=$TARGET/release/examples/bench_backend

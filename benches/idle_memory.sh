@@ -44,9 +44,8 @@ if (($(ulimit -n) < 9000)); then
 fi
 
 log "building (release): tether, bench_backend, idle_clients"
-# tether on its own, as README builds it (see pgo/train.sh), then the examples.
-cargo build --release --quiet --bin tether
-cargo build --release --quiet --example bench_backend --example idle_clients
+source benches/load/build.sh
+build_release bench_backend idle_clients
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)

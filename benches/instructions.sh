@@ -35,9 +35,8 @@ log() { echo "instructions: $*" >&2; }
 source benches/load/needs.sh
 needs valgrind haproxy nginx curl python3 taskset:util-linux
 
-# tether on its own, as README builds it (see pgo/train.sh), then the examples.
-cargo build --release --quiet --bin tether
-cargo build --release --quiet --example bench_backend
+source benches/load/build.sh
+build_release bench_backend
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)

@@ -48,9 +48,8 @@ if (($(nproc) < 2)); then
 fi
 
 log "building (release): tether, bench_backend, session_load, handshake_load"
-# tether on its own, as README builds it (see pgo/train.sh), then the examples.
-cargo build --release --quiet --bin tether
-cargo build --release --quiet --example bench_backend --example session_load --example handshake_load
+source benches/load/build.sh
+build_release bench_backend session_load handshake_load
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)

@@ -14,9 +14,8 @@ ROOT=$(pwd)
 log() { echo "scale: $*" >&2; }
 source benches/load/needs.sh
 needs python3 curl taskset:util-linux
-# tether on its own, as README builds it (see pgo/train.sh), then the examples.
-cargo build --release --quiet --bin tether
-cargo build --release --quiet --example bench_backend --example session_load
+source benches/load/build.sh
+build_release bench_backend session_load
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 exec python3 "$ROOT/benches/load/scale.py" \
   --tether "$TARGET/release/tether" \

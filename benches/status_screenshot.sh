@@ -14,9 +14,8 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 log() { echo "screenshot: $*" >&2; }
 command -v chromium >/dev/null || { log "needs chromium (apt-get install chromium)"; exit 1; }
-# tether on its own, as README builds it (see pgo/train.sh), then the examples.
-cargo build --release --quiet --bin tether
-cargo build --release --quiet --example bench_backend --example sticky_load
+source benches/load/build.sh
+build_release bench_backend sticky_load
 T=${CARGO_TARGET_DIR:-$ROOT/target}/release
 WORK=$(mktemp -d)
 PIDS=()

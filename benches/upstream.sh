@@ -17,9 +17,8 @@ log() { echo "upstream: $*" >&2; }
 source benches/load/needs.sh
 needs python3 curl taskset:util-linux haproxy nginx
 log "building (release): tether, grpc, bench_backend"
-# tether on its own, as README builds it (see pgo/train.sh), then the examples.
-cargo build --release --quiet --bin tether
-cargo build --release --quiet --example grpc --example bench_backend
+source benches/load/build.sh
+build_release grpc bench_backend
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
