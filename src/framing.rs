@@ -9,7 +9,9 @@
 //! (by their index on the connection) were ambiguous; `service/` answers
 //! those with 400. It gives up quietly (flags nothing more) on anything it
 //! does not model: an upgrade, HTTP/2, a head over its size cap, a malformed
-//! chunk (hyper rejects those itself).
+//! chunk (hyper rejects those itself). One malformed chunk hyper lets
+//! through, a control byte in a chunk-size line, breaks the stream there:
+//! the request fails as one with a broken body does.
 //!
 //! The same wrapper tells the connection's [`Activity`] what the lifecycle
 //! deadlines need (SPEC section 10): the first byte, and when a request head
@@ -77,18 +79,21 @@ impl Tracker {
         }
     }
 
-    /// Feeds bytes as they are read.
-    pub fn feed(&mut self, mut buf: &[u8]) {
+    /// Feeds bytes as they are read. `Some(at)` when `buf[at]` is a control
+    /// byte in a chunk-size line: the body is malformed from there on, and
+    /// nothing after it is tracked.
+    pub fn feed(&mut self, mut buf: &[u8]) -> Option<usize> {
+        let len = buf.len();
         while !buf.is_empty() {
             match &mut self.state {
-                State::Done => return,
+                State::Done => return None,
                 State::Head(head) => {
                     let Some(end) = find_head_end(head, buf) else {
                         head.extend_from_slice(buf);
                         if head.len() > HEAD_CAP || head.starts_with(b"PRI * HTTP/2.0") {
                             self.state = State::Done;
                         }
-                        return;
+                        return None;
                     };
                     self.state = if head.is_empty() {
                         // The usual case: the whole head arrived in one read.
@@ -107,12 +112,18 @@ impl Tracker {
                     }
                 }
                 State::ChunkSize(line) => {
-                    let Some(nl) = buf.iter().position(|b| *b == b'\n') else {
+                    let nl = buf.iter().position(|b| *b == b'\n');
+                    let rest = &buf[..nl.unwrap_or(buf.len())];
+                    if let Some(bad) = rest.iter().position(|b| forbidden_in_chunk_line(*b)) {
+                        self.state = State::Done;
+                        return Some(len - buf.len() + bad);
+                    }
+                    let Some(nl) = nl else {
                         line.extend_from_slice(buf);
                         if line.len() > 1024 {
                             self.state = State::Done;
                         }
-                        return;
+                        return None;
                     };
                     line.extend_from_slice(&buf[..nl]);
                     buf = &buf[nl + 1..];
@@ -140,7 +151,7 @@ impl Tracker {
                         if t.len() > HEAD_CAP {
                             self.state = State::Done;
                         }
-                        return;
+                        return None;
                     };
                     t.extend_from_slice(&buf[..nl]);
                     buf = &buf[nl + 1..];
@@ -152,6 +163,7 @@ impl Tracker {
                 }
             }
         }
+        None
     }
 
     /// Every byte fed so far belongs to a whole message: the next byte
@@ -259,6 +271,15 @@ fn consume(left: &mut u64, buf: &mut &[u8]) -> bool {
     *left == 0
 }
 
+/// A byte a chunk-size line may not hold (RFC 9112 section 7.1.1: hex
+/// digits, then extensions of tokens and quoted strings): a control byte
+/// other than HTAB. CR is left to hyper, which refuses one not followed by
+/// LF; hyper passes over anything else in an extension, NUL included, and
+/// a backend that reads the line as text might end it there.
+fn forbidden_in_chunk_line(b: u8) -> bool {
+    (b < 0x20 && b != b'\t' && b != b'\r') || b == 0x7f
+}
+
 /// What follows a chunk-size line (extensions after the hex digits are
 /// ignored): its data, the trailers after the last chunk, or nothing more
 /// to track when the size does not parse (hyper refuses the body itself).
@@ -323,6 +344,9 @@ pub struct Sniffed<I> {
     activity: Arc<Activity>,
     heard: bool,
     mid_head: bool,
+    /// A chunk-size line held a control byte: the bytes before it were
+    /// handed on, and every read from now on fails.
+    broken: bool,
 }
 
 impl<I> Sniffed<I> {
@@ -339,6 +363,7 @@ impl<I> Sniffed<I> {
             activity,
             heard: false,
             mid_head: false,
+            broken: false,
         }
     }
 }
@@ -349,6 +374,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Sniffed<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.broken {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "control byte in a chunk-size line",
+            )));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = &buf.filled()[before..];
@@ -361,7 +392,18 @@ impl<I: AsyncRead + Unpin> AsyncRead for Sniffed<I> {
             this.activity.heard();
         }
         if let Some(t) = this.tracker.as_mut() {
-            t.feed(read);
+            if let Some(bad) = t.feed(read) {
+                // The request's head and the body up to the byte go on, so
+                // that the request fails as a broken body does (400 if no
+                // answer has begun); the next read reports the break.
+                this.tracker = None;
+                this.broken = true;
+                buf.set_filled(before + bad);
+                if bad == 0 {
+                    return self.poll_read(cx, buf);
+                }
+                return Poll::Ready(Ok(()));
+            }
             // Heads usually arrive in one read: the clock is read only for
             // one that spans reads.
             let mid_head = t.mid_head();
@@ -395,6 +437,36 @@ mod tests {
             t.feed(c);
         }
         v
+    }
+
+    /// Where a control byte in a chunk-size line is found: by its place in
+    /// the read that brought it, whether the line began in an earlier read
+    /// or not; extensions of tokens, quoted strings and HTAB pass.
+    #[test]
+    fn a_control_byte_in_a_chunk_size_line_is_found_where_it_is() {
+        let head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // The reads after the head; the read (counted from 1) and the place
+        // in it of the byte, if any.
+        type Case<'a> = (&'a [&'a [u8]], Option<(usize, usize)>);
+        let cases: &[Case] = &[
+            (&[b"5;\0\r\nhello\r\n0\r\n\r\n"], Some((1, 2))),
+            (
+                &[b"5\r\nhello\r\n3;x\x01\r\nabc\r\n0\r\n\r\n"],
+                Some((1, 13)),
+            ),
+            (&[b"5;a", b"b\x7f\r\nhello\r\n0\r\n\r\n"], Some((2, 1))),
+            (&[b"5;a=\"b\tc\" ; d\r\nhello\r\n0\r\n\r\n"], None),
+            (&[b"5\r\nhe\0lo\r\n0\r\n\r\n"], None),
+        ];
+        for (reads, want) in cases {
+            let mut t = Tracker::new(Arc::default());
+            assert_eq!(t.feed(head), None);
+            let found = reads
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| t.feed(r).map(|at| (i + 1, at)));
+            assert_eq!(found, *want, "{reads:?}");
+        }
     }
 
     #[test]
