@@ -59,6 +59,7 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod snapshot;
+pub mod socket;
 pub mod store;
 pub mod tls;
 pub mod tls_stream;

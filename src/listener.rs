@@ -22,7 +22,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::error::Elapsed;
 use tokio::time::Instant;
@@ -34,6 +33,7 @@ use crate::passthrough::write_through;
 use crate::proxy_protocol::{self, Refused};
 use crate::service::{self, ConnInfo, Shared};
 use crate::session::memo::CookieMemo;
+use crate::socket::{Acceptor, Client};
 use crate::tls_stream::{self, TlsStream};
 use crate::wake_flag::WakeFlag;
 
@@ -44,7 +44,7 @@ const MIN_READ_BUF: usize = 8192;
 /// Everything one accept loop needs.
 pub struct Listener {
     /// The bound socket.
-    pub socket: TcpListener,
+    pub socket: Acceptor,
     /// `Some` on TLS listeners.
     pub tls: Option<Arc<ServerConfig>>,
     /// Every connection begins with a PROXY protocol header.
@@ -290,7 +290,7 @@ impl ProxyProtocol {
 /// bytes read with the PROXY protocol header and not yet handed on: they
 /// are the first the connection's reader sees.
 struct Slotted {
-    io: TcpStream,
+    io: Client,
     first: Bytes,
     _slot: (OwnedSemaphorePermit, OpenConnection),
 }
@@ -527,7 +527,15 @@ where
             // No timer: the header deadline is lifecycle's, and hyper's
             // HTTP/1 server wants one only for its own (an allocation per
             // connection).
+            // Half-close: a client may shut its sending side once its
+            // request is out and still read the answer (HAProxy's default;
+            // nginx's `proxy_ignore_client_abort on`). It also spares the
+            // read hyper would make after every request head to notice a
+            // client that left, which on a socket not yet registered would
+            // register it (see `socket.rs`). A client that left is noticed
+            // when its answer is written.
             builder
+                .half_close(true)
                 .header_read_timeout(None)
                 .keep_alive(!limits.keepalive.is_zero())
                 .max_buf_size(max_header_bytes.max(MIN_READ_BUF));

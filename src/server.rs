@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::reload::{self, Control, ReloadError};
 use crate::service::Shared;
 use crate::snapshot::{Names, Snapshot};
+use crate::socket::Acceptor;
 use crate::store::{MemoryStore, RedisSettings, RedisStore, Sightings, Store};
 use crate::tls::{self, CertResolver, TlsError};
 use crate::upgrade::Upgrades;
@@ -73,7 +74,6 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// The effective session secret: the config's, or 32 fresh bytes.
 /// Binds a client listener as `TcpListener::bind` does (address reuse, the
 /// standard library's backlog), with TCP_NODELAY set on the listening
 /// socket: Linux copies it to every socket accepted from it, which saves
@@ -98,6 +98,7 @@ fn backlog(max_connections: usize) -> u32 {
         .clamp(128, 65_535)
 }
 
+/// The effective session secret: the config's, or 32 fresh bytes.
 fn effective_secret(config: &Config) -> Vec<u8> {
     if !config.session.secrets.current.is_empty() {
         return config.session.secrets.current.clone();
@@ -213,12 +214,12 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
     let drain = Arc::new(Drain::default());
     let mut sockets = Vec::new();
     for l in &config.listeners {
-        let socket = bind_client_listener(l.bind, backlog(config.limits.max_connections)).map_err(
-            |source| StartError::Bind {
+        let socket = bind_client_listener(l.bind, backlog(config.limits.max_connections))
+            .and_then(Acceptor::new)
+            .map_err(|source| StartError::Bind {
                 addr: l.bind,
                 source,
-            },
-        )?;
+            })?;
         sockets.push((socket, *l));
     }
     let mut addrs = Vec::new();
