@@ -250,21 +250,29 @@ async fn an_idle_keepalive_connection_outlives_client_header_and_ends_at_keepali
 
 /// A client may shut its sending side once its request is out (`nc -N`,
 /// scripts that send and wait): it still gets its answer, with or without a
-/// body in the request, and then the end of the connection.
+/// body in the request, and then the end of the connection. Over TLS the
+/// client's close_notify is that end.
 #[tokio::test]
 async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
     let a = Backend::start("app1").await;
-    let t = Tether::start(&plain(&a, "", "")).await;
+    let t = Tether::start(&tls(&a, "", "")).await;
     let post = b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
     for request in [GET, &post[..]] {
-        let mut tcp = TcpStream::connect(t.addr()).await.unwrap();
+        let mut tcp = TcpStream::connect(t.addrs[1]).await.unwrap();
         tcp.write_all(request).await.unwrap();
         tcp.shutdown().await.unwrap();
         let status = read_response(&mut tcp).await;
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         closed_after(&mut tcp, "a half-closed connection, answered").await;
+
+        let mut tls = tls_connect(t.addr(), &[b"http/1.1"]).await;
+        tls.write_all(request).await.unwrap();
+        tls.shutdown().await.unwrap();
+        let status = read_response(&mut tls).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "TLS: {status}");
+        closed_after(&mut tls, "a half-closed TLS connection, answered").await;
     }
-    assert_eq!(a.hits(), 2);
+    assert_eq!(a.hits(), 4);
 }
 
 #[tokio::test]
