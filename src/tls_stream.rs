@@ -272,6 +272,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         }
     }
 
+    /// Encrypts as much of `data` as one write may queue (up to
+    /// [`OUT_LIMIT`]) into `outgoing`; how much it took.
+    fn seal(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.close_sent {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let mut then = Then::Encrypt(&data[..data.len().min(OUT_LIMIT)], 0);
+        let next = self.advance(&mut then)?;
+        let Then::Encrypt(_, taken) = then else {
+            unreachable!("advance keeps what it is asked to do")
+        };
+        if taken == 0 {
+            return Err(match next {
+                Next::Closed => io::ErrorKind::BrokenPipe.into(),
+                Next::Read | Next::Writable => invalid("TLS refused the data"),
+            });
+        }
+        Ok(taken)
+    }
+
     /// Writes `outgoing` to the socket; once all is taken the buffer is
     /// let go.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -429,26 +449,54 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if this.close_sent {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        let mut then = Then::Encrypt(&data[..data.len().min(OUT_LIMIT)], 0);
-        let next = this.advance(&mut then)?;
-        let Then::Encrypt(_, taken) = then else {
-            unreachable!("advance keeps what it is asked to do")
-        };
-        if taken == 0 {
-            return Poll::Ready(Err(match next {
-                Next::Closed => io::ErrorKind::BrokenPipe.into(),
-                Next::Read | Next::Writable => invalid("TLS refused the data"),
-            }));
-        }
+        let taken = this.seal(data)?;
         // What the socket takes now goes at once; the rest waits for the
         // next write or the flush.
         if let Poll::Ready(Err(e)) = this.poll_send(cx) {
             return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(taken))
+    }
+
+    /// Each buffer is sealed into records of its own. Without this, hyper
+    /// copies every byte of a body into one buffer with the head before
+    /// writing it to a stream that cannot write vectored; small writes
+    /// reach here joined already (`coalesce`), so a small response is
+    /// still one record.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.unsent() >= OUT_LIMIT {
+            ready!(this.poll_send(cx))?;
+        }
+        let mut taken = 0;
+        for data in bufs.iter().filter(|b| !b.is_empty()) {
+            if this.unsent() >= OUT_LIMIT {
+                break;
+            }
+            let n = match this.seal(data) {
+                Ok(n) => n,
+                // What was sealed before is the socket's now; the error
+                // comes again with the next write.
+                Err(_) if taken > 0 => break,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            taken += n;
+            if n < data.len() {
+                break;
+            }
+        }
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(taken))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -554,6 +602,41 @@ mod tests {
             c.read_exact(&mut got).await.unwrap();
             assert_eq!(&got, b"HTTP/1.1 200 OK\r\n\r\n");
         }
+    }
+
+    /// A vectored write seals its buffers in order, each whole or up to
+    /// where the write stopped, through a pipe smaller than the body.
+    #[tokio::test]
+    async fn a_vectored_write_sends_its_buffers_in_order() {
+        let (mut s, mut c) = pair(3_000, &[&rustls::version::TLS13]).await;
+        assert!(s.is_write_vectored());
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 300000\r\n\r\n".to_vec();
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let tail = b"end".to_vec();
+        let want = [head.clone(), body.clone(), tail.clone()].concat();
+        let writer = async {
+            let parts = [head, Vec::new(), body, tail];
+            let (mut part, mut at) = (0, 0);
+            while part < parts.len() {
+                let mut slices = vec![io::IoSlice::new(&parts[part][at..])];
+                slices.extend(parts[part + 1..].iter().map(|p| io::IoSlice::new(p)));
+                let mut n = s.write_vectored(&slices).await.unwrap();
+                assert!(n > 0 || parts[part][at..].is_empty());
+                while part < parts.len() && n >= parts[part].len() - at {
+                    n -= parts[part].len() - at;
+                    (part, at) = (part + 1, 0);
+                }
+                at += n;
+            }
+            s.flush().await.unwrap();
+        };
+        let reader = async {
+            let mut got = vec![0; want.len()];
+            c.read_exact(&mut got).await.unwrap();
+            got
+        };
+        let ((), got) = tokio::join!(writer, reader);
+        assert!(got == want, "the bytes arrived changed or out of order");
     }
 
     #[tokio::test]
