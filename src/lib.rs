@@ -8,10 +8,11 @@
 //! request path: one way; service/ hands each stage's output to the next
 //! (service/plan.rs: the session's store I/O; service/forward.rs: the upstream attempt and one retry)
 //!
-//! main.rs → server.rs → listener.rs → tls.rs → service/   ─┬─▶ hygiene.rs             request → refused (400/431) or routed
+//! main.rs → server.rs → listener.rs → conn.rs → service/  ─┬─▶ hygiene.rs             request → refused (400/431) or routed
 //!              lifecycle.rs: each connection's deadlines    ├─▶ session/source+cookie  request → affinity key, verified pin
 //!              coalesce.rs: small writes as one send        │
 //!              tls_stream.rs: client TLS, no idle buffers   │
+//!              socket.rs: client sockets join epoll to wait │
 //!                                                           │   (session/memo: a connection's last verified cookie, not verified again)
 //!                                                           ├─▶ store/                 key → record (or "unavailable")
 //!                                                           ├─▶ session/decide         (key, pin, record, now, eligible?) → decision
@@ -37,6 +38,7 @@ pub mod body;
 pub mod clock;
 mod coalesce;
 pub mod config;
+pub(crate) mod conn;
 mod copy;
 pub mod demo;
 pub mod error;
