@@ -302,15 +302,7 @@ async fn large_bodies_cross_tls_whole_both_ways() {
     const SIZE: usize = 4 * 1024 * 1024;
     let a = Backend::start("app1").await;
     let t = Tether::start(&config_tls("", &[&a])).await;
-    let tcp = TcpStream::connect(t.addrs[0]).await.unwrap();
-    let tls = tls_connector(&[b"http/1.1"])
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(c);
+    let mut s = h1_over_tls(TcpStream::connect(t.addrs[0]).await.unwrap()).await;
 
     let up = Request::post("/count")
         .header("host", "localhost")

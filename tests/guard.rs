@@ -375,6 +375,26 @@ async fn a_chunked_body_that_breaks_mid_stream_gets_400_not_502() {
     assert_eq!(plain_get(t.addr(), "/", &[]).await.status, 200);
 }
 
+/// RFC 9112 §7.1.1 allows tokens, quoted strings and HTAB in a chunk
+/// extension; a control byte there (which hyper would pass over) breaks the
+/// body like an invalid size: 400, in the first chunk line or a later one.
+/// A well-formed extension is ignored and the request served.
+#[tokio::test]
+async fn a_control_byte_in_a_chunk_size_line_gets_400() {
+    let a = Backend::start("app1").await;
+    let t = Tether::start(&config("", &[&a])).await;
+    let head = "POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    for (body, want) in [
+        ("5;\0\r\nhello\r\n0\r\n\r\n", "HTTP/1.1 400"),
+        ("5\r\nhello\r\n3;x\x01\r\nabc\r\n0\r\n\r\n", "HTTP/1.1 400"),
+        ("5;a=\"b\tc\" ; d\r\nhello\r\n0\r\n\r\n", "HTTP/1.1 200"),
+    ] {
+        let r = framing(&t, format!("{head}{body}").as_bytes()).await;
+        assert!(r.starts_with(want), "{body:?}: {r:?}");
+    }
+    assert_eq!(plain_get(t.addr(), "/", &[]).await.status, 200);
+}
+
 #[tokio::test]
 async fn a_stalled_body_is_cut_at_client_body() {
     let a = Backend::start("app1").await;

@@ -201,15 +201,7 @@ async fn tls_get_behind(addr: SocketAddr, header: &[u8]) -> Resp {
         .body(Full::new(Bytes::new()))
         .unwrap();
     tokio::time::timeout(HANG, async {
-        let tls = tls_connector(&[b"http/1.1"])
-            .connect("localhost".try_into().unwrap(), io)
-            .await
-            .unwrap();
-        let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(c);
-        Resp::read(s.send_request(req).await.unwrap()).await
+        Resp::read(h1_over_tls(io).await.send_request(req).await.unwrap()).await
     })
     .await
     .expect("request hung")

@@ -393,6 +393,26 @@ pub fn tls_connector(alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
+/// An HTTP/1.1 client over TLS (ALPN `http/1.1`, the dev certificate) on
+/// `io`; the connection's driver runs in a task of its own.
+pub async fn h1_over_tls<I, B>(io: I) -> hyper::client::conn::http1::SendRequest<B>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = tls_connector(&[b"http/1.1"])
+        .connect("localhost".try_into().unwrap(), io)
+        .await
+        .unwrap();
+    let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    s
+}
+
 /// A client that trusts the dev certificate and speaks only `versions`.
 pub fn tls_connector_versions(
     versions: &[&'static rustls::SupportedProtocolVersion],
@@ -443,15 +463,7 @@ async fn send_inner(addr: SocketAddr, proto: Proto, mut req: Request<Full<Bytes>
                 req.headers_mut()
                     .insert("host", "localhost".parse().unwrap());
             }
-            let tls = tls_connector(&[b"http/1.1"])
-                .connect("localhost".try_into().unwrap(), tcp)
-                .await
-                .unwrap();
-            let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(c);
-            s.send_request(req).await.unwrap()
+            h1_over_tls(tcp).await.send_request(req).await.unwrap()
         }
         Proto::TlsH2 => {
             let tls = tls_connector(&[b"h2"])
