@@ -6,6 +6,7 @@
 #   benches/load.sh --repeat 3      # 3 rounds (each scenario on each proxy back to back); medians
 #   benches/load.sh --only 'tether|haproxy-cookie:plain-cookie'   # a subset (regex over PROXY:SCENARIO)
 #   benches/load.sh --only ':plain-close' --repeat 9   # a new TCP connection per request, 9 rounds
+#   benches/load.sh --only ':(plain|deferred)-close'   # the same, and with deferred accept
 #   benches/load.sh --million-only --merge benches/results/load.json   # add the 1M-sessions rows
 #
 # Installs what is missing (oha with cargo; haproxy, nginx, curl, python3
@@ -17,7 +18,8 @@
 # bounded by `timeout` and stopped by PID; all traffic stays on 127.0.0.1.
 # Scenarios (SCENARIOS in run.py): plain-new, plain-cookie, plain-rotate,
 # plain-close (oha --disable-keepalive: a new TCP connection per request),
-# tls-new, tls-cookie, tls-handshake, tls-full. plain-close needs the kernel
+# deferred-close (the same with TCP_DEFER_ACCEPT on all three proxies),
+# tls-new, tls-cookie, tls-handshake, tls-full. The close rows need the kernel
 # to reuse client ports in TIME_WAIT (net.ipv4.tcp_tw_reuse 1 or 2, the
 # default, and tcp_timestamps): run.py checks before it starts (see there).
 set -euo pipefail
@@ -32,7 +34,7 @@ while (($#)); do
     --quick) QUICK=1 ;;
     --repeat | --only | --duration | --connections | --sessions | --merge) ARGS+=("$1" "$2"); shift ;;
     --no-million | --million-only) ARGS+=("$1") ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--quick] [--repeat N] [--only REGEX] [--duration S] [--connections N] [--sessions N] [--no-million|--million-only] [--merge FILE]" >&2; exit 2 ;;
   esac
   shift

@@ -77,8 +77,10 @@ impl std::fmt::Debug for Running {
 /// Binds a client listener as `TcpListener::bind` does (address reuse, the
 /// standard library's backlog), with TCP_NODELAY set on the listening
 /// socket: Linux copies it to every socket accepted from it, which saves
-/// each connection a system call.
-fn bind_client_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+/// each connection a system call. `defer` asks for connections only once
+/// they have spoken (`socket::defer_accept`; Linux only, a warning
+/// elsewhere).
+fn bind_client_listener(addr: SocketAddr, backlog: u32, defer: bool) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -86,6 +88,12 @@ fn bind_client_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListene
     };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
+    if defer {
+        #[cfg(target_os = "linux")]
+        crate::socket::defer_accept(&socket)?;
+        #[cfg(not(target_os = "linux"))]
+        tracing::warn!(%addr, "defer_accept is supported on Linux only; accepting as usual");
+    }
     socket.bind(addr)?;
     socket.listen(backlog)
 }
@@ -214,12 +222,16 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
     let drain = Arc::new(Drain::default());
     let mut sockets = Vec::new();
     for l in &config.listeners {
-        let socket = bind_client_listener(l.bind, backlog(config.limits.max_connections))
-            .and_then(Acceptor::new)
-            .map_err(|source| StartError::Bind {
-                addr: l.bind,
-                source,
-            })?;
+        let socket = bind_client_listener(
+            l.bind,
+            backlog(config.limits.max_connections),
+            l.defer_accept,
+        )
+        .and_then(Acceptor::new)
+        .map_err(|source| StartError::Bind {
+            addr: l.bind,
+            source,
+        })?;
         sockets.push((socket, *l));
     }
     let mut addrs = Vec::new();
@@ -229,7 +241,13 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
         })?;
-        tracing::info!(%addr, tls = conf.tls, proxy_protocol = conf.proxy_protocol, "listening");
+        tracing::info!(
+            %addr,
+            tls = conf.tls,
+            proxy_protocol = conf.proxy_protocol,
+            defer_accept = conf.defer_accept,
+            "listening"
+        );
         addrs.push(addr);
         let l = Listener {
             socket,
@@ -501,10 +519,44 @@ pub async fn terminate_signal() {
 mod tests {
     use super::*;
 
+    /// With `defer`, a connection that has not spoken stays in the kernel;
+    /// its first bytes hand it over, with them already readable.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_deferred_listener_hands_over_a_connection_once_it_speaks() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let quiet = std::time::Duration::from_millis(200);
+        for defer in [false, true] {
+            let listener =
+                bind_client_listener("127.0.0.1:0".parse().unwrap(), 128, defer).unwrap();
+            let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let early = tokio::time::timeout(quiet, listener.accept()).await;
+            assert_eq!(
+                early.is_ok(),
+                !defer,
+                "defer = {defer}: accepted before a byte"
+            );
+            if defer {
+                client.write_all(b"G").await.unwrap();
+                let (mut accepted, _) = listener.accept().await.unwrap();
+                let mut first = [0u8; 1];
+                accepted
+                    .try_read(&mut first)
+                    .expect("the byte came with it");
+                assert_eq!(&first, b"G");
+                accepted.write_all(b"ok").await.unwrap();
+                let mut back = [0u8; 2];
+                client.read_exact(&mut back).await.unwrap();
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_client_socket_is_accepted_with_nodelay_on() {
         for any in ["127.0.0.1:0", "[::1]:0"] {
-            let Ok(listener) = bind_client_listener(any.parse().unwrap(), 128) else {
+            let Ok(listener) = bind_client_listener(any.parse().unwrap(), 128, false) else {
                 continue; // no IPv6 here
             };
             let addr = listener.local_addr().unwrap();

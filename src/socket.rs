@@ -22,6 +22,52 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Asks the kernel to hand over a listener's connections only once their
+/// first bytes have arrived (`TCP_DEFER_ACCEPT`, HAProxy's `defer-accept`,
+/// nginx's `deferred`). HTTP clients speak first, so a connection is then
+/// accepted with its request (or TLS ClientHello) already in it: the first
+/// read finds it and the socket never joins epoll, where one accepted at the
+/// handshake is read too early, waits, and is registered and removed. A
+/// connection that sends nothing is handed over after about a second (the
+/// kernel's first SYN-ACK retransmission, answered), as HAProxy and nginx
+/// set it; until then tether does not see it.
+///
+/// # Errors
+/// As `setsockopt`.
+#[cfg(target_os = "linux")]
+pub fn defer_accept(listener: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    use std::ffi::{c_int, c_void};
+    extern "C" {
+        fn setsockopt(
+            fd: c_int,
+            level: c_int,
+            name: c_int,
+            value: *const c_void,
+            len: u32,
+        ) -> c_int;
+    }
+    // <netinet/in.h> and <netinet/tcp.h> on Linux.
+    const IPPROTO_TCP: c_int = 6;
+    const TCP_DEFER_ACCEPT: c_int = 9;
+    let seconds: c_int = 1;
+    // SAFETY: the descriptor is open for as long as `listener` is borrowed;
+    // the value is an int that outlives the call, and its length is given.
+    let done = unsafe {
+        setsockopt(
+            listener.as_raw_fd(),
+            IPPROTO_TCP,
+            TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&seconds).cast(),
+            std::mem::size_of::<c_int>() as u32,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// A listening socket whose accepted sockets are not registered yet.
 pub struct Acceptor {
     socket: AsyncFd<mio::net::TcpListener>,

@@ -229,20 +229,25 @@ def write_pem(work):
     return pem
 
 
-def tether_config(work, label, mode, ports, resumption=True):
-    """A filled tether.toml.in: (path, plain port, TLS port)."""
+def tether_config(work, label, mode, ports, resumption=True, deferred=None):
+    """A filled tether.toml.in: (path, plain port, TLS port). With `deferred`
+    (a port), one more plain listener there with `defer_accept = true`."""
     plain, tls = free_port(), free_port()
-    cfg = fill("tether.toml.in", os.path.join(work, f"tether-{label}.toml"), {
+    path = os.path.join(work, f"tether-{label}.toml")
+    cfg = fill("tether.toml.in", path, {
         "PLAIN": plain, "TLS": tls, "ROOT": ROOT, "MODE": mode, "ADMIN": free_port(),
         "RESUMPTION": "true" if resumption else "false",
         "B1": ports[0], "B2": ports[1], "B3": ports[2],
     })
+    if deferred:
+        with open(path, "a") as f:
+            f.write(f'\n[[listener]]\nbind = "127.0.0.1:{deferred}"\ntls = false\ndefer_accept = true\n')
     return cfg, plain, tls
 
 
-def start_tether(args, work, label, mode, ports, resumption=True):
+def start_tether(args, work, label, mode, ports, resumption=True, deferred=None):
     """tether pinned to the proxy core, answering: (Popen, config, plain port, TLS port)."""
-    cfg, plain, tls = tether_config(work, label, mode, ports, resumption)
+    cfg, plain, tls = tether_config(work, label, mode, ports, resumption, deferred)
     p = start(["taskset", "-c", PROXY_CORE, args.tether, "run", "-c", cfg],
               os.path.join(work, f"tether-{label}.log"), args.life)
     wait_port(plain, p, "tether")
@@ -365,7 +370,7 @@ def client_time_wait(url):
 def check_port_reuse(args):
     """Before a new connection per request: can connect() reuse client ports
     in TIME_WAIT? (See above.)"""
-    if not any(want(args, p, "plain-close") for p in PROXIES):
+    if not any(want(args, p, k) for p in PROXIES for k in ("plain-close", "deferred-close")):
         return
     reuse, stamps = sysctl("net.ipv4.tcp_tw_reuse"), sysctl("net.ipv4.tcp_timestamps")
     log(f"a connection per request: tcp_tw_reuse {reuse}, tcp_timestamps {stamps}, "
@@ -373,9 +378,10 @@ def check_port_reuse(args):
         f"tcp_tw_reuse_delay {sysctl('net.ipv4.tcp_tw_reuse_delay') or '1000 (fixed)'} ms")
     if reuse == "0" or stamps == "0":
         raise SystemExit(
-            "load: the plain-close row (a new connection per request) can run out of client ports: "
-            "the kernel won't reuse ports in TIME_WAIT. Enable it (sysctl -w net.ipv4.tcp_tw_reuse=2 "
-            "net.ipv4.tcp_timestamps=1) or leave the row out (--only '^(?!.*plain-close)', which "
+            "load: the plain-close and deferred-close rows (a new connection per request) can run out "
+            "of client ports: the kernel won't reuse ports in TIME_WAIT. Enable it (sysctl -w "
+            "net.ipv4.tcp_tw_reuse=2 net.ipv4.tcp_timestamps=1) or leave the rows out "
+            "(--only '^(?!.*(plain|deferred)-close)', which "
             "also skips the live-sessions rows).")
 
 
@@ -421,6 +427,8 @@ SCENARIOS = [
     ("plain-cookie", "plain, sticky, returning cookie"),
     ("plain-rotate", "plain, rotate / round-robin"),
     ("plain-close", "plain without keep-alive (a new TCP connection per request), sticky cookie"),
+    ("deferred-close", "the same with deferred accept on all three (TCP_DEFER_ACCEPT: tether `defer_accept`, "
+     "HAProxy `defer-accept`, nginx `deferred`)"),
     ("tls-new", "TLS keep-alive, sticky, no cookie"),
     ("tls-cookie", "TLS keep-alive, sticky, returning cookie"),
     ("tls-handshake", "TLS without keep-alive, resumption on (a resumed handshake per request), sticky cookie"),
@@ -453,7 +461,8 @@ def setup_tether(args, work, ports):
         tsid = "tether_sid=" + set_cookie_of(tls_url(tls), "tether_sid")
         cells.append(("tether", "tls-full", tls_url(tls), tsid, False, p.pid))
     for mode in ("sticky", "rotate"):
-        p, _, plain, tls = start_tether(args, work, mode, mode, ports)
+        deferred = free_port() if mode == "sticky" else None
+        p, _, plain, tls = start_tether(args, work, mode, mode, ports, deferred=deferred)
         if mode == "rotate":
             cells.append(("tether", "plain-rotate", f"http://127.0.0.1:{plain}/", None, True, p.pid))
         else:
@@ -463,6 +472,7 @@ def setup_tether(args, work, ports):
                 ("tether", "plain-new", f"http://127.0.0.1:{plain}/", None, True, p.pid),
                 ("tether", "plain-cookie", f"http://127.0.0.1:{plain}/", sid, True, p.pid),
                 ("tether", "plain-close", f"http://127.0.0.1:{plain}/", sid, False, p.pid),
+                ("tether", "deferred-close", f"http://127.0.0.1:{deferred}/", sid, False, p.pid),
                 ("tether", "tls-new", tls_url(tls), None, True, p.pid),
                 ("tether", "tls-cookie", tls_url(tls), tsid, True, p.pid),
                 ("tether", "tls-handshake", tls_url(tls), tsid, False, p.pid),
@@ -519,9 +529,10 @@ def setup_haproxy_full(args, work, ports, pem):
 def setup_haproxy_close(args, work, ports):
     """A third HAProxy, which gives a client connection's first request an
     idle pooled backend connection (see haproxy-close.cfg.in)."""
-    if not want(args, "haproxy-cookie", "plain-close"):
+    if not (want(args, "haproxy-cookie", "plain-close") or want(args, "haproxy-cookie", "deferred-close")):
         return []
-    v = {"COOKIE_CLOSE": free_port(), "B1": ports[0], "B2": ports[1], "B3": ports[2]}
+    v = {"COOKIE_CLOSE": free_port(), "COOKIE_CLOSE_DEFERRED": free_port(),
+         "B1": ports[0], "B2": ports[1], "B3": ports[2]}
     cfg = fill("haproxy-close.cfg.in", os.path.join(work, "haproxy-close.cfg"), v)
     subprocess.run(["haproxy", "-c", "-q", "-f", cfg], check=True)
     p = start(["taskset", "-c", PROXY_CORE, "haproxy", "-f", cfg, "-db"],
@@ -530,13 +541,15 @@ def setup_haproxy_close(args, work, ports):
     url = f"http://127.0.0.1:{v['COOKIE_CLOSE']}/"
     wait_http(url, "haproxy (a connection per request)")
     srv = "SRV=" + set_cookie_of(url, "SRV")
-    return [("haproxy-cookie", "plain-close", url, srv, False, p.pid)]
+    deferred = f"http://127.0.0.1:{v['COOKIE_CLOSE_DEFERRED']}/"
+    return [("haproxy-cookie", "plain-close", url, srv, False, p.pid),
+            ("haproxy-cookie", "deferred-close", deferred, srv, False, p.pid)]
 
 
 def setup_nginx(args, work, ports):
     if not wanted(args, ["nginx-hash"]):
         return []
-    v = {k: free_port() for k in ("HASH_PLAIN", "HASH_TLS", "HASH_TLS_FULL", "RR_PLAIN")}
+    v = {k: free_port() for k in ("HASH_PLAIN", "HASH_PLAIN_DEFERRED", "HASH_TLS", "HASH_TLS_FULL", "RR_PLAIN")}
     v.update({"WORK": work, "ROOT": ROOT, "B1": ports[0], "B2": ports[1], "B3": ports[2]})
     cfg = fill("nginx.conf.in", os.path.join(work, "nginx.conf"), v)
     subprocess.run(["nginx", "-t", "-q", "-c", cfg, "-g", "daemon off;"], check=True,
@@ -553,6 +566,7 @@ def setup_nginx(args, work, ports):
         ("nginx-hash", "plain-cookie", plain("HASH_PLAIN"), sid, True, p.pid),
         ("nginx-hash", "plain-rotate", plain("RR_PLAIN"), None, True, p.pid),
         ("nginx-hash", "plain-close", plain("HASH_PLAIN"), sid, False, p.pid),
+        ("nginx-hash", "deferred-close", plain("HASH_PLAIN_DEFERRED"), sid, False, p.pid),
         ("nginx-hash", "tls-new", tls("HASH_TLS"), None, True, p.pid),
         ("nginx-hash", "tls-cookie", tls("HASH_TLS"), sid, True, p.pid),
         ("nginx-hash", "tls-handshake", tls("HASH_TLS"), sid, False, p.pid),
@@ -676,7 +690,7 @@ def table(results, meta):
                   "resumption-off row none did."]
     opened = []
     for proxy in PROXIES:
-        rs = runs.get(f"{proxy}|plain-close", [])
+        rs = runs.get(f"{proxy}|plain-close", []) or runs.get(f"{proxy}|deferred-close", [])
         per = med(rs, "accepts_per_req")
         if per is not None:
             opened.append(f"{proxy} {per:.3f}")

@@ -33,6 +33,7 @@ impl Config {
                     bind: u(l.bind.to_string()),
                     tls: u(l.tls),
                     proxy_protocol: l.proxy_protocol,
+                    defer_accept: l.defer_accept,
                 })
                 .collect(),
             tls: self.tls.as_ref().map(|t| file::Tls {

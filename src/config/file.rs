@@ -135,6 +135,9 @@ pub struct Listener {
     /// Every connection starts with a PROXY protocol header (v1 or v2).
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Accept a connection only once its first bytes arrive (Linux).
+    #[serde(default)]
+    pub defer_accept: bool,
 }
 
 fn no() -> Spanned<bool> {

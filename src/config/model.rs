@@ -71,6 +71,9 @@ pub struct Listener {
     /// Every connection must begin with a PROXY protocol v1 or v2 header;
     /// the client it names stands in for the TCP peer.
     pub proxy_protocol: bool,
+    /// The kernel hands over a connection once its first bytes arrive
+    /// (`TCP_DEFER_ACCEPT`; see `socket::defer_accept`).
+    pub defer_accept: bool,
 }
 
 /// `[tls]`: the certificate chain and key, already read and parsed from PEM.

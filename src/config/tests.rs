@@ -82,6 +82,7 @@ fn minimal_config_has_the_spec_defaults() {
             bind: "127.0.0.1:8080".parse().unwrap(),
             tls: false,
             proxy_protocol: false,
+            defer_accept: false,
         }]
     );
     assert!(c.tls.is_none());
@@ -358,6 +359,30 @@ fn proxy_protocol_is_per_listener_and_shown_by_check() {
     assert_eq!(
         err("[[listener]]\nbind = \"127.0.0.1:8443\"\nproxy_protocol = \"v2\""),
         "tether.toml:3:18: invalid type: string \"v2\", expected a boolean"
+    );
+}
+
+#[test]
+fn defer_accept_is_per_listener_and_shown_by_check() {
+    let text = "[[listener]]\nbind = \"127.0.0.1:8080\"\ndefer_accept = true\n\
+        [[listener]]\nbind = \"127.0.0.1:8081\"\n\
+        [[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
+    let c = from_str(text, Path::new("tether.toml"), None).unwrap();
+    let on: Vec<bool> = c.listeners.iter().map(|l| l.defer_accept).collect();
+    assert_eq!(on, [true, false]);
+    let out = c.effective_toml();
+    let shown: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("defer_accept"))
+        .collect();
+    assert_eq!(
+        shown,
+        ["defer_accept = true", "defer_accept = false"],
+        "{out}"
+    );
+    assert_eq!(
+        err("[[listener]]\nbind = \"127.0.0.1:8443\"\ndefer_accept = 1"),
+        "tether.toml:3:16: invalid type: integer `1`, expected a boolean"
     );
 }
 

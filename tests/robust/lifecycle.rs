@@ -208,6 +208,35 @@ async fn a_silent_connection_is_closed_after_client_header_and_frees_its_slot() 
     assert_eq!(fifth.await.unwrap(), 200);
 }
 
+/// `defer_accept`: the kernel keeps a connection until it speaks, so a
+/// silent one holds no slot (the next client is served at once, with
+/// `max_connections = 1`), and is still handed over (after the kernel's
+/// first SYN-ACK retransmission, about a second) and closed at
+/// `client_header`.
+#[tokio::test]
+async fn with_defer_accept_a_silent_connection_holds_no_slot_and_still_ends() {
+    let a = Backend::start("app1").await;
+    let conf = plain(&a, "client_header = \"300ms\"", "max_connections = 1").replacen(
+        "tls = false\n",
+        "tls = false\ndefer_accept = true\n",
+        1,
+    );
+    let t = Tether::start(&conf).await;
+    let mut silent = TcpStream::connect(t.addr()).await.unwrap();
+    // Without defer_accept the silent connection takes the one slot and this
+    // request waits for client_header; with it, it is served at once.
+    let quick = tokio::time::timeout(Duration::from_millis(250), plain_get(t.addr(), "/", &[]))
+        .await
+        .expect("served while a silent connection is open");
+    assert_eq!(quick.status, 200);
+    closed_after(&mut silent, "a silent connection on a deferring listener").await;
+    // One that speaks late is served.
+    let mut late = TcpStream::connect(t.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    late.write_all(GET).await.unwrap();
+    assert!(read_response(&mut late).await.starts_with("HTTP/1.1 200"));
+}
+
 #[tokio::test]
 async fn a_silent_tls_connection_is_closed_after_client_header_and_frees_its_slot() {
     let a = Backend::start("app1").await;

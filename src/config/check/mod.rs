@@ -143,6 +143,7 @@ impl Cx<'_> {
                 bind,
                 tls: *l.tls.get_ref(),
                 proxy_protocol: l.proxy_protocol,
+                defer_accept: l.defer_accept,
             });
         }
         Ok(out)
