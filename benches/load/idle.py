@@ -88,7 +88,7 @@ def start_proxy(args, work, proxy, ports, tag):
         return p, {"plain": (v["COOKIE_PLAIN"], False), "tls": (v["COOKIE_TLS"], True),
                    "ws": (v["COOKIE_PLAIN"], False)}, cookie
     if proxy == "nginx-hash":
-        v = {k: free_port() for k in ("HASH_PLAIN", "HASH_TLS", "HASH_TLS_FULL", "RR_PLAIN")}
+        v = {k: free_port() for k in ("HASH_PLAIN", "HASH_PLAIN_DEFERRED", "HASH_TLS", "HASH_TLS_FULL", "RR_PLAIN")}
         ngx = os.path.join(work, f"nginx-{tag}")
         os.makedirs(ngx, exist_ok=True)
         v.update({"WORK": ngx, "ROOT": ROOT, "B1": ports[0], "B2": ports[1], "B3": ports[2]})

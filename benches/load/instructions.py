@@ -117,7 +117,7 @@ def main():
                         f"http://127.0.0.1:{v['COOKIE_PLAIN']}/",
                         lambda u: "SRV=" + h.set_cookie_of(u, "SRV")))
 
-        v = {k: h.free_port() for k in ("HASH_PLAIN", "HASH_TLS", "HASH_TLS_FULL", "RR_PLAIN")}
+        v = {k: h.free_port() for k in ("HASH_PLAIN", "HASH_PLAIN_DEFERRED", "HASH_TLS", "HASH_TLS_FULL", "RR_PLAIN")}
         cfg = h.fill("nginx.conf.in", os.path.join(work, "nginx.conf"), {"WORK": work, "ROOT": h.ROOT, **v, **b})
         proxies.append(("nginx-hash", "nginx",
                         ["nginx", "-c", cfg, "-g", "daemon off; master_process off;"],
