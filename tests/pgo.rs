@@ -164,3 +164,106 @@ fn only_optimised_builds_by_a_compiler_that_reads_the_profile_get_it() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// `llvm-profdata`, from the toolchain's `llvm-tools`; `None` after saying
+/// the test skipped (a failure when `TETHER_REQUIRE_TOOLS=1`).
+fn profdata() -> Option<PathBuf> {
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .unwrap();
+    let lib = PathBuf::from(String::from_utf8(sysroot.stdout).unwrap().trim()).join("lib/rustlib");
+    let found = std::fs::read_dir(lib).ok().and_then(|targets| {
+        targets
+            .flatten()
+            .map(|t| t.path().join("bin/llvm-profdata"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("TETHER_REQUIRE_TOOLS").is_none(),
+            "llvm-profdata is required (TETHER_REQUIRE_TOOLS=1): rustup component add llvm-tools"
+        );
+        eprintln!("skipped: llvm-profdata is not installed (rustup component add llvm-tools)");
+    }
+    found
+}
+
+/// An object file defining functions by these symbol names, as a build
+/// of tether would.
+fn object_with(dir: &Path, name: &str, symbols: &[String]) -> PathBuf {
+    let mut c = String::new();
+    for (i, s) in symbols.iter().enumerate() {
+        c.push_str(&format!(
+            "void f{i}(void) __asm__(\"{s}\");\nvoid f{i}(void) {{}}\n"
+        ));
+    }
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, c).unwrap();
+    let obj = dir.join(format!("{name}.o"));
+    let cc = Command::new("cc")
+        .arg("-c")
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    obj
+}
+
+/// `pgo/check.sh` tells a build whose symbols are the profile's from one
+/// whose symbols carry another crate hash (a new dependency, say), which
+/// would silently run without the profile.
+#[test]
+fn the_profile_check_tells_a_fitting_build_from_a_stale_one() {
+    let Some(profdata) = profdata() else { return };
+    let shown = Command::new(&profdata)
+        .args(["show", "--all-functions"])
+        .arg(repo().join("pgo/tether.profdata"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(shown.stdout).unwrap();
+    // tether's own functions, by the names a C compiler takes as they are.
+    let names: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.strip_suffix(':'))
+        .map(|n| n.rsplit(';').next().unwrap().to_string())
+        .filter(|n| {
+            n.contains("6tether") && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+        .take(40)
+        .collect();
+    assert!(
+        names.len() >= 10,
+        "tether functions in the profile: {names:?}"
+    );
+    let rehashed: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let cut = n.len() - "0123456789abcdefE".len();
+            format!("{}0123456789abcdefE", &n[..cut])
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("tether-pgo-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |obj: &Path| {
+        Command::new(repo().join("pgo/check.sh"))
+            .arg(obj)
+            .output()
+            .unwrap()
+    };
+    let fits = check(&object_with(&dir, "fits", &names));
+    let said = String::from_utf8_lossy(&fits.stderr).to_string();
+    assert_eq!(fits.status.code(), Some(0), "{said}");
+    assert!(said.contains("the profile fits"), "{said}");
+    let stale = check(&object_with(&dir, "stale", &rehashed));
+    let said = String::from_utf8_lossy(&stale.stderr).to_string();
+    assert_eq!(stale.status.code(), Some(1), "{said}");
+    assert!(said.contains("Retrain it (pgo/train.sh)"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
