@@ -338,52 +338,43 @@ fn duplicate_listener_bind() {
     assert_eq!(c.listeners.len(), 2);
 }
 
+/// The listener's switches: set per listener, shown by `tether check`, and
+/// refused with where and what when not a boolean.
 #[test]
-fn proxy_protocol_is_per_listener_and_shown_by_check() {
-    let text = "[[listener]]\nbind = \"127.0.0.1:8080\"\nproxy_protocol = true\n\
-        [[listener]]\nbind = \"127.0.0.1:8081\"\n\
-        [[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
-    let c = from_str(text, Path::new("tether.toml"), None).unwrap();
-    let on: Vec<bool> = c.listeners.iter().map(|l| l.proxy_protocol).collect();
-    assert_eq!(on, [true, false]);
-    let out = c.effective_toml();
-    let shown: Vec<&str> = out
-        .lines()
-        .filter(|l| l.starts_with("proxy_protocol"))
-        .collect();
-    assert_eq!(
-        shown,
-        ["proxy_protocol = true", "proxy_protocol = false"],
-        "{out}"
-    );
-    assert_eq!(
-        err("[[listener]]\nbind = \"127.0.0.1:8443\"\nproxy_protocol = \"v2\""),
-        "tether.toml:3:18: invalid type: string \"v2\", expected a boolean"
-    );
-}
-
-#[test]
-fn defer_accept_is_per_listener_and_shown_by_check() {
-    let text = "[[listener]]\nbind = \"127.0.0.1:8080\"\ndefer_accept = true\n\
-        [[listener]]\nbind = \"127.0.0.1:8081\"\n\
-        [[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
-    let c = from_str(text, Path::new("tether.toml"), None).unwrap();
-    let on: Vec<bool> = c.listeners.iter().map(|l| l.defer_accept).collect();
-    assert_eq!(on, [true, false]);
-    let out = c.effective_toml();
-    let shown: Vec<&str> = out
-        .lines()
-        .filter(|l| l.starts_with("defer_accept"))
-        .collect();
-    assert_eq!(
-        shown,
-        ["defer_accept = true", "defer_accept = false"],
-        "{out}"
-    );
-    assert_eq!(
-        err("[[listener]]\nbind = \"127.0.0.1:8443\"\ndefer_accept = 1"),
-        "tether.toml:3:16: invalid type: integer `1`, expected a boolean"
-    );
+fn listener_switches_are_per_listener_and_shown_by_check() {
+    for key in ["proxy_protocol", "defer_accept"] {
+        let text = format!(
+            "[[listener]]\nbind = \"127.0.0.1:8080\"\n{key} = true\n\
+             [[listener]]\nbind = \"127.0.0.1:8081\"\n\
+             [[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"
+        );
+        let c = from_str(&text, Path::new("tether.toml"), None).unwrap();
+        let on: Vec<bool> = c
+            .listeners
+            .iter()
+            .map(|l| match key {
+                "proxy_protocol" => l.proxy_protocol,
+                _ => l.defer_accept,
+            })
+            .collect();
+        assert_eq!(on, [true, false], "{key}");
+        let out = c.effective_toml();
+        let shown: Vec<&str> = out.lines().filter(|l| l.starts_with(key)).collect();
+        assert_eq!(
+            shown,
+            [format!("{key} = true"), format!("{key} = false")],
+            "{out}"
+        );
+        assert_eq!(
+            err(&format!(
+                "[[listener]]\nbind = \"127.0.0.1:8443\"\n{key} = \"v2\""
+            )),
+            format!(
+                "tether.toml:3:{}: invalid type: string \"v2\", expected a boolean",
+                key.len() + 4
+            )
+        );
+    }
 }
 
 #[test]
