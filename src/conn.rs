@@ -214,6 +214,30 @@ struct Ctx {
     max_header_bytes: usize,
 }
 
+/// The service a client connection runs: tether's, as `Conn::serve` makes
+/// it, named once for the functions that pass it on.
+trait Service:
+    hyper::service::HttpService<
+        hyper::body::Incoming,
+        ResBody = Counted<crate::body::Body>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> Service for S where
+    S: hyper::service::HttpService<
+            hyper::body::Incoming,
+            ResBody = Counted<crate::body::Body>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Send
+        + 'static
+{
+}
+
 /// Serves HTTP/1.x: hyper while requests come, and while the connection
 /// idles (after [`PARK_AFTER`]) only the socket, waiting for the next
 /// bytes without hyper's buffers; then a fresh hyper connection carries on
@@ -232,12 +256,7 @@ fn serve_h1<I, S>(
 ) -> impl std::future::Future<Output = Result<Ended, BoxError>> + Send
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Counted<crate::body::Body>>
-        + Unpin
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
+    S: Service + Unpin,
 {
     let Ctx {
         activity,
@@ -313,8 +332,7 @@ type H1<I, S> = http1::UpgradeableConnection<TokioIo<Replay<Sniffed<I>>>, S>;
 fn take_apart<I, S>(conn: Pin<Box<H1<I, S>>>) -> Option<(Sniffed<I>, S, Bytes)>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Counted<crate::body::Body>>
-        + Unpin,
+    S: Service + Unpin,
 {
     let parts = Pin::into_inner(conn).into_parts()?;
     let replay = parts.io.into_inner();
@@ -335,11 +353,7 @@ async fn serve_h2<I, S>(
 ) -> Result<Ended, BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Counted<crate::body::Body>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
+    S: Service,
 {
     let Ctx {
         activity,
