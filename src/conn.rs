@@ -265,6 +265,10 @@ where
         limits,
         max_header_bytes,
     } = ctx;
+    if limits.keepalive.is_zero() {
+        // hyper ends every connection after its first answer.
+        activity.answer_is_last();
+    }
     async move {
         loop {
             let replay = Replay {

@@ -16,7 +16,9 @@
 //! The same wrapper tells the connection's [`Activity`] what the lifecycle
 //! deadlines need (SPEC section 10): the first byte, and when a request head
 //! begins and ends. hyper's own head timer cannot tell an idle keep-alive
-//! connection from a head in progress.
+//! connection from a head in progress. It also tells it when a request asks
+//! for the connection to end after its answer, which lets that answer leave
+//! with the connection's FIN (`socket.rs`).
 
 use std::io;
 use std::pin::Pin;
@@ -67,6 +69,9 @@ pub struct Tracker {
     state: State,
     index: u64,
     verdicts: Arc<Verdicts>,
+    /// A head fed since the last [`Tracker::take_last`] asked for the
+    /// connection to end after its answer.
+    last: bool,
 }
 
 impl Tracker {
@@ -76,7 +81,15 @@ impl Tracker {
             state: State::Head(Vec::new()),
             index: 0,
             verdicts,
+            last: false,
         }
+    }
+
+    /// Whether a head fed since the last call asked for the connection to
+    /// end after its answer: `Connection: close`, or HTTP/1.0 without
+    /// `Connection: keep-alive` (RFC 9112 section 9.3), as hyper decides.
+    pub fn take_last(&mut self) -> bool {
+        std::mem::take(&mut self.last)
     }
 
     /// Feeds bytes as they are read. `Some(at)` when `buf[at]` is a control
@@ -181,7 +194,7 @@ impl Tracker {
         }
     }
 
-    fn after_head(&self, head: &[u8]) -> State {
+    fn after_head(&mut self, head: &[u8]) -> State {
         // hyper skips stray CRLFs before a request line (RFC 9112 section 2.2).
         let start = head
             .iter()
@@ -198,6 +211,7 @@ impl Tracker {
             return State::Done;
         }
         let (mut cl, mut te, mut upgrade) = (None, None, false);
+        let (mut close, mut keep_alive) = (false, false);
         let mut line_start = first_end + 1;
         for nl in memchr::memchr_iter(b'\n', head).skip(1) {
             let line = &head[line_start..nl];
@@ -206,9 +220,18 @@ impl Tracker {
                 Some((Field::ContentLength, value)) => cl = Some(value),
                 Some((Field::TransferEncoding, value)) => te = Some(value),
                 Some((Field::Upgrade, _)) => upgrade = true,
+                Some((Field::Connection, value)) => {
+                    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                        close |= token.eq_ignore_ascii_case(b"close");
+                        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    }
+                }
                 None => {}
             }
         }
+        // An upgrade's answer hands the socket on instead of ending it.
+        let http10 = head[..first_end].trim_ascii_end().ends_with(b"HTTP/1.0");
+        self.last |= !upgrade && (close || (http10 && !keep_alive));
         if cl.is_some() && te.is_some() {
             self.verdicts.flag(self.index);
             // The connection will be closed after the 400.
@@ -238,20 +261,23 @@ impl Tracker {
     }
 }
 
-/// The three fields that frame a request.
+/// The three fields that frame a request, and the one that says whether
+/// the connection goes on after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
     ContentLength,
     TransferEncoding,
     Upgrade,
+    Connection,
 }
 
-/// Which framing field a header line is, with its trimmed value. A field
+/// Which of those fields a header line is, with its trimmed value. A field
 /// name ends at the first colon and holds no whitespace (RFC 9112 section
-/// 5.1), so each of the three names is a colon at one fixed position: one
-/// byte compared per line, no search (this runs on every request head).
+/// 5.1), so each name is a colon at one fixed position: a byte or two
+/// compared per line, no search (this runs on every request head).
 fn framing_field(line: &[u8]) -> Option<(Field, &[u8])> {
     let (field, name): (Field, &[u8]) = match line.first()? | 0x20 {
+        b'c' if line.get(10) == Some(&b':') => (Field::Connection, b"connection"),
         b'c' => (Field::ContentLength, b"content-length"),
         b't' => (Field::TransferEncoding, b"transfer-encoding"),
         b'u' => (Field::Upgrade, b"upgrade"),
@@ -408,6 +434,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Sniffed<I> {
             // one that spans reads.
             let mid_head = t.mid_head();
             this.activity.between_requests(t.between());
+            if t.take_last() {
+                this.activity.answer_is_last();
+            }
             if matches!(t.state, State::Done) {
                 this.tracker = None;
             }
@@ -437,6 +466,71 @@ mod tests {
             t.feed(c);
         }
         v
+    }
+
+    /// Which heads ask for the connection to end after their answer, as
+    /// hyper reads them: `close` among the `Connection` tokens, or HTTP/1.0
+    /// without `keep-alive`; never an upgrade, whose answer hands the
+    /// socket on. Heads may come in pieces and several to a read.
+    #[test]
+    fn which_heads_ask_for_the_connection_to_end() {
+        let cases: &[(&[&[u8]], bool)] = &[
+            (&[b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"], false),
+            (&[b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"], true),
+            (
+                &[b"GET / HTTP/1.1\r\nconnection:Keep-Alive , CLOSE\r\n\r\n"],
+                true,
+            ),
+            (
+                &[b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"],
+                false,
+            ),
+            (&[b"GET / HTTP/1.1\r\nConnection: closed\r\n\r\n"], false),
+            (&[b"GET / HTTP/1.1\r\nX-Connection: close\r\n\r\n"], false),
+            (&[b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"], false),
+            (&[b"GET / HTTP/1.0\r\n\r\n"], true),
+            (
+                &[b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"],
+                false,
+            ),
+            (
+                &[
+                    b"GET / HTTP/1.1\r\nHost: x\r\nConn",
+                    b"ection: close\r\n\r\n",
+                ],
+                true,
+            ),
+            (
+                &[b"GET / HTTP/1.1\r\nConnection: upgrade, close\r\nUpgrade: websocket\r\n\r\n"],
+                false,
+            ),
+            (
+                &[b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nConnection: close\r\n\r\n"],
+                true,
+            ),
+            (
+                &[
+                    b"POST / HTTP/1.1\r\nContent-Length: 25\r\n\r\n",
+                    b"GET / HTTP/1.0\r\n\r\n1234567",
+                ],
+                false,
+            ),
+        ];
+        for (reads, want) in cases {
+            let mut t = Tracker::new(Arc::default());
+            let mut last = false;
+            for r in *reads {
+                t.feed(r);
+                last |= t.take_last();
+            }
+            assert_eq!(
+                last,
+                *want,
+                "{:?}",
+                reads.concat().escape_ascii().to_string()
+            );
+            assert!(!t.take_last(), "taken once");
+        }
     }
 
     /// Where a control byte in a chunk-size line is found: by its place in

@@ -119,6 +119,13 @@ pub struct Activity {
     between: AtomicBool,
     /// Every byte written has been flushed to the socket.
     flushed: AtomicBool,
+    /// The client asked for the connection to end after its answer
+    /// (`Connection: close`, HTTP/1.0), or tether ends every connection so:
+    /// the answer's last bytes may wait in the socket for the FIN.
+    last: AtomicBool,
+    /// Bytes wait in the socket for the FIN; pushed if the connection's
+    /// task waits for anything first.
+    held: AtomicBool,
 }
 
 impl Activity {
@@ -131,7 +138,37 @@ impl Activity {
             open: AtomicUsize::new(0),
             between: AtomicBool::new(true),
             flushed: AtomicBool::new(true),
+            last: AtomicBool::new(false),
+            held: AtomicBool::new(false),
         }
+    }
+
+    /// The connection ends after the answer now due (a request said so).
+    pub fn answer_is_last(&self) {
+        self.last.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the connection ends after the answer now due.
+    pub fn last_answer(&self) -> bool {
+        self.last.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the last answer wait in the socket for its FIN.
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::Relaxed);
+    }
+
+    /// The held bytes left, with the FIN or because the socket closed.
+    pub fn release(&self) {
+        self.held.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether bytes wait in the socket, forgetting them: the caller pushes
+    /// them out.
+    pub fn take_held(&self) -> bool {
+        // Loaded first: nearly every call finds nothing held, and a plain
+        // load costs less than a swap.
+        self.held.load(Ordering::Relaxed) && self.held.swap(false, Ordering::Relaxed)
     }
 
     /// Whether the bytes read so far end at a request boundary.

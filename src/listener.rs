@@ -4,17 +4,18 @@
 //! the connection is served by `conn.rs`. Accept errors are logged and
 //! retried; they never end the loop.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::error::Elapsed;
 use tokio::time::Instant;
@@ -22,10 +23,9 @@ use tokio::time::Instant;
 use crate::conn::{replay, Conn, Http};
 use crate::lifecycle::{self, Activity, Drain, Limits};
 use crate::metrics::{Metrics, OpenConnection};
-use crate::passthrough::write_through;
 use crate::proxy_protocol::{self, Refused};
 use crate::service::{ConnInfo, Shared};
-use crate::socket::{Acceptor, Client};
+use crate::socket::{self, Acceptor, Client};
 use crate::tls_stream::{self, TlsStream};
 use crate::wake_flag::WakeFlag;
 
@@ -88,16 +88,23 @@ impl Listener {
             // `server::bind_client_listener`).
             #[cfg(not(target_os = "linux"))]
             let _ = stream.set_nodelay(true);
+            let activity = Arc::new(Activity::new(opened));
             let stream = Slotted {
                 io: stream,
                 first: Bytes::new(),
+                activity: activity.clone(),
                 _slot: (permit, self.shared.metrics.open_connection()),
             };
             let shared = self.shared.clone();
             let tls = self.tls.clone();
             let drain = self.drain.watch();
             let proxied = proxied.clone();
-            tokio::spawn(accepted(shared, tls, proxied, drain, stream, peer, opened));
+            let from = Accepted {
+                peer,
+                opened,
+                activity,
+            };
+            tokio::spawn(accepted(shared, tls, proxied, drain, stream, from));
         }
         tracing::debug!(listener = ?local, "stopped accepting");
     }
@@ -125,6 +132,13 @@ async fn unless_stopped<F: std::future::Future>(
     .await
 }
 
+/// Where and when a connection came from, and its [`Activity`].
+struct Accepted {
+    peer: SocketAddr,
+    opened: Instant,
+    activity: Arc<Activity>,
+}
+
 /// Serves one accepted connection: on a `proxy_protocol` listener the
 /// header first, on a TLS listener the handshake next, then HTTP with the
 /// connection's limits as they stand now (a reload changes them for
@@ -135,9 +149,14 @@ async fn accepted(
     proxied: Option<Arc<ProxyProtocol>>,
     drain: watch::Receiver<bool>,
     mut stream: Slotted,
-    peer: SocketAddr,
-    opened: Instant,
+    from: Accepted,
 ) {
+    let Accepted {
+        peer,
+        opened,
+        activity,
+    } = from;
+    let fd = stream.io.as_raw_fd();
     let metrics = shared.metrics.clone();
     let snap = shared.snapshot.load();
     let t = &snap.config.timeouts;
@@ -181,14 +200,14 @@ async fn accepted(
         shared,
         limits,
         max_header_bytes,
-        activity: Arc::new(Activity::new(opened)),
+        activity: activity.clone(),
         drain,
     };
     // The serving futures and the handshake are boxed: the task keeps the
     // room its largest state needs for as long as the connection lives, and
     // an idle connection needs a few hundred bytes of it.
     let Some(config) = tls else {
-        return Box::pin(conn.serve(stream, Http::Sniff)).await;
+        return pushing(Box::pin(conn.serve(stream, Http::Sniff)), &activity, fd).await;
     };
     let handshake = Box::pin(tokio::time::timeout_at(
         deadline,
@@ -196,8 +215,33 @@ async fn accepted(
     ))
     .await;
     if let Some(serve) = handshaken(conn, handshake, &metrics, peer) {
-        serve.await
+        pushing(serve, &activity, fd).await
     }
+}
+
+/// Runs a connection's serving future, and whenever it waits with bytes of
+/// a last answer held back for the FIN (see [`Slotted`]), sends them on:
+/// what it waits for (the rest of a streaming answer, the body after a
+/// `100 Continue`) may be what the client waits on them for. An answer sent
+/// whole is shut down within the same turn, and its bytes leave with the
+/// FIN.
+async fn pushing<F>(mut serve: Pin<Box<F>>, activity: &Activity, fd: RawFd)
+where
+    F: std::future::Future<Output = ()> + ?Sized,
+{
+    std::future::poll_fn(|cx| {
+        let polled = serve.as_mut().poll(cx);
+        // `fd` is open: the socket closes with `Slotted`, which forgets the
+        // held bytes first, and only upgraded connections (never a last
+        // answer) leave this task.
+        if polled.is_pending() && activity.take_held() {
+            if let Err(e) = socket::push(fd) {
+                tracing::debug!(error = %e, "held bytes could not be pushed");
+            }
+        }
+        polled
+    })
+    .await
 }
 
 /// The connection's serving future after its TLS handshake, or `None`
@@ -266,10 +310,40 @@ impl ProxyProtocol {
 /// long after hyper's connection has handed the socket over. `first` holds
 /// bytes read with the PROXY protocol header and not yet handed on: they
 /// are the first the connection's reader sees.
+///
+/// Once a request has asked for the connection to end after its answer
+/// (the connection's [`Activity`] says so), writes are sent for more
+/// ([`Client::poll_send_more`]): the answer's last bytes wait for the FIN
+/// that shutting the socket down sends right after, and leave with it, one
+/// segment where there were two. [`pushing`] sends them on if the
+/// connection waits for anything first.
 struct Slotted {
     io: Client,
     first: Bytes,
+    activity: Arc<Activity>,
     _slot: (OwnedSemaphorePermit, OpenConnection),
+}
+
+impl Slotted {
+    fn poll_write_last(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let sent = ready!(Pin::new(&mut this.io).poll_send_more(cx, bufs));
+        if matches!(sent, Ok(n) if n > 0) {
+            this.activity.hold();
+        }
+        Poll::Ready(sent)
+    }
+}
+
+impl Drop for Slotted {
+    fn drop(&mut self) {
+        // The socket closes now: nothing is left to push.
+        self.activity.release();
+    }
 }
 
 impl AsyncRead for Slotted {
@@ -285,7 +359,41 @@ impl AsyncRead for Slotted {
     }
 }
 
-write_through!([] Slotted, io);
+impl AsyncWrite for Slotted {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        if self.activity.last_answer() {
+            return self.poll_write_last(cx, &[IoSlice::new(b)]);
+        }
+        Pin::new(&mut self.get_mut().io).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.activity.last_answer() {
+            return self.poll_write_last(cx, bufs);
+        }
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let done = ready!(Pin::new(&mut this.io).poll_shutdown(cx));
+        // The held bytes left with the FIN.
+        this.activity.release();
+        Poll::Ready(done)
+    }
+}
 
 #[cfg(test)]
 mod tests {

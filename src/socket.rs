@@ -15,6 +15,7 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -36,7 +37,55 @@ use tokio::net::{TcpListener, TcpStream};
 /// As `setsockopt`.
 #[cfg(target_os = "linux")]
 pub fn defer_accept(listener: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    sys::set_tcp_option(listener.as_raw_fd(), sys::TCP_DEFER_ACCEPT, 1)
+}
+
+/// Sends what a socket holds back ([`Client::poll_send_more`]) now, as a
+/// segment of its own: the FIN it waited for is not coming yet (an answer
+/// still streaming, a `100 Continue`). Setting `TCP_NODELAY`, which every
+/// client socket has already, pushes the socket's pending bytes.
+///
+/// `fd` must be an open client socket.
+///
+/// # Errors
+/// As `setsockopt`.
+pub fn push(fd: RawFd) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    return sys::set_tcp_option(fd, sys::TCP_NODELAY, 1);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        Ok(())
+    }
+}
+
+/// The few socket calls std does not make, declared here rather than
+/// through a crate for three functions.
+#[cfg(target_os = "linux")]
+mod sys {
     use std::ffi::{c_int, c_void};
+    use std::io::{self, IoSlice};
+    use std::os::fd::RawFd;
+
+    // <sys/socket.h>, <netinet/in.h> and <netinet/tcp.h> on Linux.
+    const IPPROTO_TCP: c_int = 6;
+    pub const TCP_NODELAY: c_int = 1;
+    pub const TCP_DEFER_ACCEPT: c_int = 9;
+    const MSG_NOSIGNAL: c_int = 0x4000;
+    const MSG_MORE: c_int = 0x8000;
+
+    /// `struct msghdr`.
+    #[repr(C)]
+    struct MsgHdr {
+        name: *mut c_void,
+        namelen: u32,
+        iov: *const IoSlice<'static>,
+        iovlen: usize,
+        control: *mut c_void,
+        controllen: usize,
+        flags: c_int,
+    }
+
     extern "C" {
         fn setsockopt(
             fd: c_int,
@@ -45,26 +94,46 @@ pub fn defer_accept(listener: &impl std::os::fd::AsRawFd) -> io::Result<()> {
             value: *const c_void,
             len: u32,
         ) -> c_int;
+        fn sendmsg(fd: c_int, msg: *const MsgHdr, flags: c_int) -> isize;
     }
-    // <netinet/in.h> and <netinet/tcp.h> on Linux.
-    const IPPROTO_TCP: c_int = 6;
-    const TCP_DEFER_ACCEPT: c_int = 9;
-    let seconds: c_int = 1;
-    // SAFETY: the descriptor is open for as long as `listener` is borrowed;
-    // the value is an int that outlives the call, and its length is given.
-    let done = unsafe {
-        setsockopt(
-            listener.as_raw_fd(),
-            IPPROTO_TCP,
-            TCP_DEFER_ACCEPT,
-            std::ptr::from_ref(&seconds).cast(),
-            std::mem::size_of::<c_int>() as u32,
-        )
-    };
-    if done == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+
+    /// Sets an int option at the TCP level.
+    pub fn set_tcp_option(fd: RawFd, name: c_int, value: c_int) -> io::Result<()> {
+        // SAFETY: the value is an int that outlives the call, and its length
+        // is given; an invalid descriptor fails the call, nothing more.
+        let done = unsafe {
+            setsockopt(
+                fd,
+                IPPROTO_TCP,
+                name,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of::<c_int>() as u32,
+            )
+        };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `sendmsg` with `MSG_MORE`: the kernel sends whole segments and holds
+    /// a last partial one back for more bytes, a FIN, or a push.
+    pub fn send_more(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let msg = MsgHdr {
+            name: std::ptr::null_mut(),
+            namelen: 0,
+            // `IoSlice` is ABI-compatible with `struct iovec` on Unix.
+            iov: bufs.as_ptr().cast(),
+            iovlen: bufs.len(),
+            control: std::ptr::null_mut(),
+            controllen: 0,
+            flags: 0,
+        };
+        // SAFETY: the header points at `bufs`, borrowed for the call; the
+        // kernel only reads them.
+        let sent = unsafe { sendmsg(fd, &msg, MSG_MORE | MSG_NOSIGNAL) };
+        usize::try_from(sent).map_err(|_| io::Error::last_os_error())
     }
 }
 
@@ -185,6 +254,54 @@ impl Client {
         match &mut self.state {
             State::Registered(s) => Ok(Pin::new(s)),
             _ => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Client {
+    /// Writes `bufs` as [`AsyncWrite::poll_write_vectored`] does, with
+    /// `MSG_MORE`: whole segments leave at once and the kernel holds a last
+    /// partial one back, to go out with the FIN when the socket is shut
+    /// down next, or on [`push`]. An answer that ends its connection then
+    /// takes one segment instead of two (the answer, then a FIN alone) and
+    /// the client one acknowledgement instead of two. The caller must
+    /// shut down or push before it waits for anything else.
+    pub fn poll_send_more(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        #[cfg(target_os = "linux")]
+        {
+            let this = self.get_mut();
+            if let Some(done) = this.direct(|s| sys::send_more(s.as_raw_fd(), bufs)) {
+                return Poll::Ready(done);
+            }
+            let s = match this.registered_mut() {
+                Ok(s) => s.get_mut(),
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            loop {
+                ready!(s.poll_write_ready(cx))?;
+                let fd = s.as_raw_fd();
+                match s.try_io(Interest::WRITABLE, || sys::send_more(fd, bufs)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    done => return Poll::Ready(done),
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        self.poll_write_vectored(cx, bufs)
+    }
+}
+
+impl AsRawFd for Client {
+    /// The socket's descriptor; -1 once registering it failed and closed it.
+    fn as_raw_fd(&self) -> RawFd {
+        match &self.state {
+            State::Direct(s) => s.as_raw_fd(),
+            State::Registered(s) => s.as_raw_fd(),
+            State::Gone => -1,
         }
     }
 }
@@ -319,6 +436,99 @@ mod tests {
         let big = vec![7u8; 8 << 20];
         let writer = async {
             client.write_all(&big).await.unwrap();
+            client.shutdown().await.unwrap();
+            client.registered()
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let (registered, got) = tokio::join!(writer, reader);
+        assert!(registered, "the writer had to wait");
+        assert!(got == big, "8 MiB arrived changed or cut short");
+    }
+
+    /// Segments a socket has sent: `tcpi_segs_out` of its `TCP_INFO`.
+    fn segments_out(fd: RawFd) -> u32 {
+        use std::ffi::{c_int, c_void};
+        extern "C" {
+            fn getsockopt(
+                fd: c_int,
+                level: c_int,
+                name: c_int,
+                value: *mut c_void,
+                len: *mut u32,
+            ) -> c_int;
+        }
+        // IPPROTO_TCP, TCP_INFO; `tcpi_segs_out` is the u32 at byte 136.
+        let mut info = [0u8; 256];
+        let mut len = info.len() as u32;
+        let got = unsafe { getsockopt(fd, 6, 11, info.as_mut_ptr().cast(), &mut len) };
+        assert!(
+            got == 0 && len >= 140,
+            "TCP_INFO: {}",
+            io::Error::last_os_error()
+        );
+        u32::from_ne_bytes(info[136..140].try_into().unwrap())
+    }
+
+    async fn send_more(client: &mut Client, bytes: &[u8]) -> usize {
+        std::future::poll_fn(|cx| Pin::new(&mut *client).poll_send_more(cx, &[IoSlice::new(bytes)]))
+            .await
+            .unwrap()
+    }
+
+    /// An answer sent for more and then shut down leaves in one segment with
+    /// the FIN; written plainly it leaves as two, the answer and a FIN.
+    #[tokio::test]
+    async fn an_answer_sent_for_more_leaves_with_the_fin() {
+        const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        for (more, segments) in [(false, 2), (true, 1)] {
+            let (mut client, mut peer) = pair().await;
+            let before = segments_out(client.as_raw_fd());
+            if more {
+                assert_eq!(send_more(&mut client, ANSWER).await, ANSWER.len());
+            } else {
+                client.write_all(ANSWER).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+            let sent = segments_out(client.as_raw_fd()) - before;
+            assert_eq!(sent, segments, "sent for more: {more}");
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, ANSWER);
+        }
+    }
+
+    /// Bytes held back for more leave on a push, without a FIN: the
+    /// connection stays open.
+    #[tokio::test]
+    async fn held_bytes_leave_on_a_push() {
+        let (mut client, mut peer) = pair().await;
+        let before = segments_out(client.as_raw_fd());
+        send_more(&mut client, b"100 Continue").await;
+        assert_eq!(segments_out(client.as_raw_fd()), before, "held back");
+        push(client.as_raw_fd()).unwrap();
+        assert_eq!(segments_out(client.as_raw_fd()), before + 1, "pushed");
+        let mut room = [0u8; 32];
+        let n = peer.read(&mut room).await.unwrap();
+        assert_eq!(&room[..n], b"100 Continue");
+        client.write_all(b"!").await.unwrap();
+        assert_eq!(peer.read(&mut room).await.unwrap(), 1, "still open");
+    }
+
+    /// More than the socket's buffer, sent for more, waits for room as a
+    /// plain write does and arrives whole.
+    #[tokio::test]
+    async fn a_large_answer_sent_for_more_arrives_whole() {
+        let (mut client, mut peer) = pair().await;
+        let big = vec![7u8; 8 << 20];
+        let writer = async {
+            let mut at = 0;
+            while at < big.len() {
+                at += send_more(&mut client, &big[at..]).await;
+            }
             client.shutdown().await.unwrap();
             client.registered()
         };

@@ -10,6 +10,9 @@ mod support;
 #[path = "robust/lifecycle.rs"]
 mod lifecycle;
 
+#[path = "robust/ending.rs"]
+mod ending;
+
 #[path = "robust/crossing.rs"]
 mod crossing;
 
