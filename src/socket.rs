@@ -11,6 +11,11 @@
 //! handshake waiting for the client's next flight). A socket that never
 //! waited is closed with a plain `close`. HAProxy serves sockets the same
 //! way: it polls a connection only after an attempt would have blocked.
+//!
+//! An answer that ends its connection can be sent for more
+//! ([`Client::poll_send_more`]): its last bytes then leave with the FIN,
+//! one segment instead of two, and [`push`] sends them on if the FIN is
+//! not coming yet.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
