@@ -146,8 +146,9 @@ where
 }
 
 /// An answer to a request that ends its connection (`Connection: close`,
-/// HTTP/1.0, over TLS its close_notify too) reaches the client in one
-/// segment with the FIN, where it took two: the answer, then the FIN.
+/// HTTP/1.0, over TLS its close_notify too, any request with keep-alive
+/// off) reaches the client in one segment with the FIN, where it took two:
+/// the answer, then the FIN.
 #[tokio::test]
 async fn an_answer_that_ends_its_connection_leaves_with_the_fin() {
     let b = Gated::start(b"", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
@@ -179,6 +180,20 @@ async fn an_answer_that_ends_its_connection_leaves_with_the_fin() {
     assert_eq!(
         segments, 1,
         "TLS: the answer, close_notify and the FIN in one segment"
+    );
+    t.stop().await;
+    // With keep-alive off every answer ends its connection, whatever the
+    // request asked.
+    let off = tether_for(b.addr) + "\n[timeouts]\nkeepalive = \"0s\"\n";
+    let t = Tether::start(&off).await;
+    let mut s = TcpStream::connect(t.addrs[0]).await.unwrap();
+    let fd = s.as_raw_fd();
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (segments, read) = answer_segments(&mut s, fd, request, &b).await;
+    assert!(read.ends_with("\r\n\r\nok"), "keep-alive off: {read}");
+    assert_eq!(
+        segments, 1,
+        "keep-alive off: the answer and the FIN in one segment"
     );
     t.stop().await;
 }
