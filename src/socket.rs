@@ -433,25 +433,37 @@ mod tests {
         assert!(registered, "the reader had to wait");
     }
 
-    /// A write larger than the socket's buffer registers the socket and
-    /// finishes as the peer reads.
+    /// A write larger than the socket's buffer, plain or sent for more,
+    /// registers the socket and finishes as the peer reads.
     #[tokio::test]
     async fn a_write_that_would_block_finishes_as_the_peer_reads() {
-        let (mut client, mut peer) = pair().await;
-        let big = vec![7u8; 8 << 20];
-        let writer = async {
-            client.write_all(&big).await.unwrap();
-            client.shutdown().await.unwrap();
-            client.registered()
-        };
-        let reader = async {
-            let mut got = Vec::new();
-            peer.read_to_end(&mut got).await.unwrap();
-            got
-        };
-        let (registered, got) = tokio::join!(writer, reader);
-        assert!(registered, "the writer had to wait");
-        assert!(got == big, "8 MiB arrived changed or cut short");
+        for more in [false, true] {
+            let (mut client, mut peer) = pair().await;
+            let big = vec![7u8; 8 << 20];
+            let writer = async {
+                if more {
+                    let mut at = 0;
+                    while at < big.len() {
+                        at += send_more(&mut client, &big[at..]).await;
+                    }
+                } else {
+                    client.write_all(&big).await.unwrap();
+                }
+                client.shutdown().await.unwrap();
+                client.registered()
+            };
+            let reader = async {
+                let mut got = Vec::new();
+                peer.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let (registered, got) = tokio::join!(writer, reader);
+            assert!(registered, "the writer had to wait (sent for more: {more})");
+            assert!(
+                got == big,
+                "8 MiB arrived changed or cut short (sent for more: {more})"
+            );
+        }
     }
 
     /// Segments a socket has sent: `tcpi_segs_out` of its `TCP_INFO`.
@@ -521,30 +533,6 @@ mod tests {
         assert_eq!(&room[..n], b"100 Continue");
         client.write_all(b"!").await.unwrap();
         assert_eq!(peer.read(&mut room).await.unwrap(), 1, "still open");
-    }
-
-    /// More than the socket's buffer, sent for more, waits for room as a
-    /// plain write does and arrives whole.
-    #[tokio::test]
-    async fn a_large_answer_sent_for_more_arrives_whole() {
-        let (mut client, mut peer) = pair().await;
-        let big = vec![7u8; 8 << 20];
-        let writer = async {
-            let mut at = 0;
-            while at < big.len() {
-                at += send_more(&mut client, &big[at..]).await;
-            }
-            client.shutdown().await.unwrap();
-            client.registered()
-        };
-        let reader = async {
-            let mut got = Vec::new();
-            peer.read_to_end(&mut got).await.unwrap();
-            got
-        };
-        let (registered, got) = tokio::join!(writer, reader);
-        assert!(registered, "the writer had to wait");
-        assert!(got == big, "8 MiB arrived changed or cut short");
     }
 
     /// The peer's end reads as end of stream, registered or not.
