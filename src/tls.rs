@@ -286,7 +286,11 @@ pub fn server_config(
         .map_err(|e| TlsError(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `http/1.0` too: a client that offers only it (`curl --http1.0`) would
+    // otherwise fail its handshake, as rustls refuses a client whose ALPN
+    // names nothing it serves; nginx lists it, HAProxy goes on without ALPN.
+    // Ours first, so a client offering `h2` and `http/1.1` still gets `h2`.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     // Pick the suite by our order (see `provider`: AES-128-GCM, AES-256-GCM, then
     // ChaCha20-Poly1305), not the client's. Every suite offered is AEAD
     // with forward secrecy, so this only decides which strong one; but a server order keeps a
@@ -359,7 +363,10 @@ mod tests {
             cfg.ignore_client_order,
             "testssl.sh rates client order HIGH"
         );
-        assert_eq!(cfg.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            cfg.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()]
+        );
     }
 
     #[test]

@@ -491,6 +491,23 @@ async fn alpn_picks_the_protocol_on_tls_not_the_first_bytes() {
         &out[..out.len().min(32)]
     );
     assert_eq!(a.hits(), 1);
+    // ALPN http/1.0 alone (`curl --http1.0`) is served as HTTP/1.x.
+    let mut s = tls_connect(t.addr(), &[b"http/1.0"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(LIMIT, s.read_to_end(&mut out))
+        .await
+        .expect("answered and closed")
+        .expect("readable");
+    assert!(
+        out.starts_with(b"HTTP/1.0 200"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(a.hits(), 2);
 }
 
 fn with_admin(toml: String) -> String {
