@@ -229,8 +229,8 @@ impl Tracker {
                 None => {}
             }
         }
-        // An upgrade's answer hands the socket on instead of ending it.
         let http10 = head[..first_end].trim_ascii_end().ends_with(b"HTTP/1.0");
+        // An upgrade's answer hands the socket on instead of ending it.
         self.last |= !upgrade && (close || (http10 && !keep_alive));
         if cl.is_some() && te.is_some() {
             self.verdicts.flag(self.index);

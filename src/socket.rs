@@ -41,7 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// # Errors
 /// As `setsockopt`.
 #[cfg(target_os = "linux")]
-pub fn defer_accept(listener: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+pub fn defer_accept(listener: &impl AsRawFd) -> io::Result<()> {
     sys::set_tcp_option(listener.as_raw_fd(), sys::TCP_DEFER_ACCEPT, 1)
 }
 
@@ -64,8 +64,8 @@ pub fn push(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// The few socket calls std does not make, declared here rather than
-/// through a crate for three functions.
+/// The two socket calls std does not make (`setsockopt` for TCP options,
+/// `sendmsg` with flags), declared here rather than through a crate.
 #[cfg(target_os = "linux")]
 mod sys {
     use std::ffi::{c_int, c_void};

@@ -153,15 +153,24 @@ where
 async fn an_answer_that_ends_its_connection_leaves_with_the_fin() {
     let b = Gated::start(b"", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
     let t = Tether::start(&tether_for(b.addr)).await;
-    let cases: &[(&str, &[u8])] = &[
+    // With keep-alive off every answer ends its connection, whatever the
+    // request asked.
+    let off = Tether::start(&(tether_for(b.addr) + "\n[timeouts]\nkeepalive = \"0s\"\n")).await;
+    let cases: &[(&str, SocketAddr, &[u8])] = &[
         (
             "close",
+            t.addrs[0],
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         ),
-        ("HTTP/1.0", b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"),
+        ("HTTP/1.0", t.addrs[0], b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"),
+        (
+            "keep-alive off",
+            off.addrs[0],
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
     ];
-    for (what, request) in cases {
-        let mut s = TcpStream::connect(t.addrs[0]).await.unwrap();
+    for (what, addr, request) in cases {
+        let mut s = TcpStream::connect(addr).await.unwrap();
         let fd = s.as_raw_fd();
         let (segments, read) = answer_segments(&mut s, fd, request, &b).await;
         assert!(read.ends_with("\r\n\r\nok"), "{what}: {read}");
@@ -182,20 +191,7 @@ async fn an_answer_that_ends_its_connection_leaves_with_the_fin() {
         "TLS: the answer, close_notify and the FIN in one segment"
     );
     t.stop().await;
-    // With keep-alive off every answer ends its connection, whatever the
-    // request asked.
-    let off = tether_for(b.addr) + "\n[timeouts]\nkeepalive = \"0s\"\n";
-    let t = Tether::start(&off).await;
-    let mut s = TcpStream::connect(t.addrs[0]).await.unwrap();
-    let fd = s.as_raw_fd();
-    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-    let (segments, read) = answer_segments(&mut s, fd, request, &b).await;
-    assert!(read.ends_with("\r\n\r\nok"), "keep-alive off: {read}");
-    assert_eq!(
-        segments, 1,
-        "keep-alive off: the answer and the FIN in one segment"
-    );
-    t.stop().await;
+    off.stop().await;
 }
 
 /// An answer that ends its connection but streams is not held back while
